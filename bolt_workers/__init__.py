@@ -1,0 +1,1 @@
+"""What only worker-side processes need: pools, start-up, and the local deployment supervisor."""

@@ -1,0 +1,153 @@
+"""The embedded deployment: a private redis-server and both pools as children of one command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bolt_tasks.errors import DeploymentError
+from bolt_tasks.names import Pool
+from bolt_tasks.settings import ENV_PREFIX, Settings
+from bolt_workers.processes import child_preexec, stop_processes
+from bolt_workers.redis_server import RedisServer
+
+log = logging.getLogger("bolt.supervisor")
+
+# A warm worker shuts down in well under a second; past this it is killed.
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Child:
+    """One long-running process of the deployment and the file its output goes to."""
+
+    role: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Deployment:
+    """redis-server, a P worker and an E worker, started together and stopped together.
+
+    Use it as a context manager: whatever happens inside, every child is stopped on the way out.
+    """
+
+    settings: Settings
+    roles: tuple[str, ...] = ("worker-p", "worker-e")
+    children: list[Child] = field(default_factory=list)
+    redis: RedisServer | None = None
+    workdir: Path | None = None
+
+    def start(self) -> Deployment:
+        """Start redis-server, then every role; returns at once, without waiting for workers."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="bolt-deploy-"))
+        try:
+            self.redis = RedisServer(self.workdir / "redis", binary=self.settings.redis_server)
+            self.redis.start()
+            self.settings = self.settings.replace(broker_url=self.redis.url, result_url=None)
+            for role in self.roles:
+                self._spawn(role)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _command(self, role: str) -> list[str]:
+        if role == "worker-p":
+            return [sys.executable, "-m", "bolt_tasks.cli", "worker", "--pool", Pool.P.value]
+        if role == "worker-e":
+            return [sys.executable, "-m", "bolt_tasks.cli", "worker", "--pool", Pool.E.value]
+        raise DeploymentError(f"unknown deployment role {role!r}")
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[ENV_PREFIX + "BROKER_URL"] = self.settings.broker_url or ""
+        env.pop(ENV_PREFIX + "RESULT_URL", None)
+        return env
+
+    def _spawn(self, role: str) -> None:
+        assert self.workdir is not None
+        log_path = self.workdir / f"{role}.log"
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(
+                self._command(role),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._environment(),
+                preexec_fn=child_preexec,
+            )
+        self.children.append(Child(role, process, log_path))
+        log.info("started %s (pid %d)", role, process.pid)
+
+    @property
+    def broker_url(self) -> str:
+        """The URL, password included, of the deployment's Redis."""
+        if self.redis is None:
+            raise DeploymentError("the deployment is not running")
+        return self.redis.url
+
+    def pids(self) -> list[int]:
+        """Pids of every direct child: redis-server and each role."""
+        pids = [child.process.pid for child in self.children]
+        if self.redis is not None and self.redis.process is not None:
+            pids.append(self.redis.process.pid)
+        return pids
+
+    def check(self) -> None:
+        """Raise DeploymentError, with the end of its log, when a child has exited."""
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise DeploymentError(
+                    f"{child.role} exited with status {code}: {tail(child.log_path)}"
+                )
+        redis_process = self.redis.process if self.redis is not None else None
+        if redis_process is not None and redis_process.poll() is not None:
+            raise DeploymentError("the deployment's redis-server exited")
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until a worker of every pool answers a ping."""
+        from bolt_tasks.producer import ping_pools
+
+        deadline = time.monotonic() + timeout_s
+        missing: set[str] = set()
+        while time.monotonic() < deadline:
+            self.check()
+            missing = ping_pools(timeout_s=0.25)
+            if not missing:
+                return
+        raise DeploymentError(f"no worker of pool(s) {', '.join(sorted(missing))} came up")
+
+    def stop(self) -> None:
+        """Stop every role, then redis-server, and remove the deployment's files."""
+        stop_processes([child.process for child in self.children], grace_s=STOP_GRACE_S)
+        self.children.clear()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> Deployment:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a log file, joined on one line."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
