@@ -1,0 +1,1 @@
+"""bolt: a Celery + Redis task platform whose P pool runs heavy work and E pool light work."""
