@@ -5,40 +5,82 @@ A token is an identifier or a number; an identifier also contributes its lower-c
 finds code that spells them in either style. Each feature lands in one of ``dim`` buckets with
 a sign, both taken from its CRC-32, which is stable across processes and machines (Python's own
 hash() is not). Counts are damped with log(1 + n) before the vector is normalised.
+
+Tokens are looked up once in a per-process vocabulary that holds each token's buckets and signs
+as a row of a padded table, so embedding a block of texts is a handful of numpy gathers and one
+bincount rather than a Python loop over every token.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections import Counter
+from itertools import chain
 
 import numpy as np
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
-# Features of tokens already seen: (token, dim) -> bucket indices with the sign in bit 0.
-_FEATURES: dict[tuple[str, int], tuple[int, ...]] = {}
+# Features per token: the whole token and up to seven parts; longer names keep their first parts.
+MAX_FEATURES = 8
+# Texts embedded per numpy pass: bounds the gather arrays to a few tens of MB.
+BLOCK_TEXTS = 2048
 # The vocabulary of a large code base is a few hundred thousand tokens; past this, start over.
-_FEATURES_MAX = 1_000_000
+VOCABULARY_MAX = 1_000_000
 
 
-def _features(token: str, dim: int) -> tuple[int, ...]:
-    key = (token, dim)
-    found = _FEATURES.get(key)
-    if found is not None:
-        return found
-    words = {token.lower()}
-    words.update(part.lower() for part in _PART.findall(token))
-    encoded = []
-    for word in sorted(words):
-        crc = zlib.crc32(word.encode())
-        encoded.append(((crc % dim) << 1) | (crc >> 31))
-    if len(_FEATURES) >= _FEATURES_MAX:
-        _FEATURES.clear()
-    found = _FEATURES[key] = tuple(encoded)
-    return found
+def token_words(token: str) -> list[str]:
+    """The lower-cased words a token stands for: itself first, then its distinct parts."""
+    words = [token.lower()]
+    for part in _PART.findall(token):
+        word = part.lower()
+        if word not in words:
+            words.append(word)
+    return words[:MAX_FEATURES]
+
+
+class _Vocabulary:
+    """Every token seen so far, with its feature buckets and signs as one row of a table."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.ids: dict[str, int] = {}
+        self.buckets = np.zeros((4096, MAX_FEATURES), dtype=np.int64)
+        self.signs = np.zeros((4096, MAX_FEATURES), dtype=np.float64)  # 0 pads unused columns
+
+    def lookup(self, tokens: list[str]) -> np.ndarray:
+        """Row ids of the tokens, adding the ones never seen before."""
+        get = self.ids.get
+        found = [get(token, -1) for token in tokens]
+        if -1 in found:
+            found = [self._add(token) if row < 0 else row for token, row in zip(tokens, found)]
+        return np.asarray(found, dtype=np.int64)
+
+    def _add(self, token: str) -> int:
+        row = self.ids.get(token)
+        if row is not None:
+            return row
+        row = len(self.ids)
+        if row == len(self.buckets):
+            self.buckets = np.concatenate([self.buckets, np.zeros_like(self.buckets)])
+            self.signs = np.concatenate([self.signs, np.zeros_like(self.signs)])
+        for column, word in enumerate(token_words(token)):
+            crc = zlib.crc32(word.encode())
+            self.buckets[row, column] = crc % self.dim
+            self.signs[row, column] = -1.0 if crc >> 31 else 1.0
+        self.ids[token] = row
+        return row
+
+
+_VOCABULARIES: dict[int, _Vocabulary] = {}
+
+
+def _vocabulary(dim: int) -> _Vocabulary:
+    vocabulary = _VOCABULARIES.get(dim)
+    if vocabulary is None or len(vocabulary.ids) >= VOCABULARY_MAX:
+        vocabulary = _VOCABULARIES[dim] = _Vocabulary(dim)
+    return vocabulary
 
 
 def tokens(text: str) -> list[str]:
@@ -48,20 +90,22 @@ def tokens(text: str) -> list[str]:
 
 def embed_texts(texts: list[str], dim: int) -> np.ndarray:
     """One float32 row of width dim per text, each of unit length (or zero for no tokens)."""
-    rows: list[int] = []
-    encoded: list[int] = []
-    weights: list[int] = []
-    for row, text in enumerate(texts):
-        for token, count in Counter(_TOKEN.findall(text)).items():
-            features = _features(token, dim)
-            encoded.extend(features)
-            weights.extend([count] * len(features))
-        rows.extend([row] * (len(encoded) - len(rows)))
-    codes = np.asarray(encoded, dtype=np.int64)
-    cells = np.asarray(rows, dtype=np.int64) * dim + (codes >> 1)
-    signed = np.asarray(weights, dtype=np.float64) * (1.0 - 2.0 * (codes & 1))
-    counts = np.bincount(cells, weights=signed, minlength=len(texts) * dim)
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for first in range(0, len(texts), BLOCK_TEXTS):
+        block = texts[first : first + BLOCK_TEXTS]
+        out[first : first + len(block)] = _embed_block(block, dim)
+    return out
+
+
+def _embed_block(texts: list[str], dim: int) -> np.ndarray:
+    vocabulary = _vocabulary(dim)
+    token_lists = [_TOKEN.findall(text) for text in texts]
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
+    ids = vocabulary.lookup(list(chain.from_iterable(token_lists)))
+    rows = np.repeat(np.arange(len(texts), dtype=np.int64) * dim, lengths)
+    cells = (rows[:, None] + vocabulary.buckets[ids]).ravel()
+    counts = np.bincount(cells, weights=vocabulary.signs[ids].ravel(), minlength=len(texts) * dim)
     vectors = (np.sign(counts) * np.log1p(np.abs(counts))).reshape(len(texts), dim)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     np.divide(vectors, norms, out=vectors, where=norms > 0)
-    return vectors.astype(np.float32)
+    return vectors
