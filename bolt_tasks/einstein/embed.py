@@ -54,7 +54,8 @@ class _Vocabulary:
         get = self.ids.get
         found = [get(token, -1) for token in tokens]
         if -1 in found:
-            found = [self._add(token) if row < 0 else row for token, row in zip(tokens, found)]
+            pairs = zip(tokens, found, strict=True)
+            found = [self._add(token) if row < 0 else row for token, row in pairs]
         return np.asarray(found, dtype=np.int64)
 
     def _add(self, token: str) -> int:
