@@ -47,6 +47,8 @@ def run_direct(root: str) -> dict:
 def run_bolt(root: str) -> tuple[float, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOLT_")}
     with tempfile.TemporaryDirectory() as tmp:
+        # An empty vector cache each round: a cached one would skip the embedding altogether.
+        env["BOLT_CACHE_DIR"] = str(Path(tmp) / "cache")
         target = Path(tmp) / "report.json"
         started = time.perf_counter()
         subprocess.run(

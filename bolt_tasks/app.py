@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from bolt_tasks import delivery
 from bolt_tasks.names import QUEUE_OF_KIND, QUEUES, Kind
 from bolt_tasks.settings import Settings, get_settings
 
@@ -20,6 +21,7 @@ TASK_MODULES = (
     "bolt_tasks.tasks.analysis",
     "bolt_tasks.tasks.computation",
     "bolt_tasks.tasks.coordination",
+    "bolt_tasks.tasks.batch",
 )
 
 
@@ -37,10 +39,16 @@ def route_by_kind(name: str, args: Any, kwargs: Any, options: Any, task: Any = N
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration bolt runs with, derived from its settings."""
     transport = {"visibility_timeout": settings.visibility_timeout_s}
+    broker_transport = {
+        **transport,
+        "global_keyprefix": settings.broker_key_prefix,
+        "priority_steps": list(settings.broker_priority_steps),
+        **delivery.broker_transport_options(settings),
+    }
     return {
         "broker_url": settings.broker_url or "redis://127.0.0.1:6379/0",
         "result_backend": settings.results or "redis://127.0.0.1:6379/0",
-        "broker_transport_options": transport,
+        "broker_transport_options": broker_transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -52,6 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_s,
         "result_expires": settings.result_expires_s,
         "worker_prefetch_multiplier": 1,
+        # Used by a P worker started with --autoscale (BOLT_P_AUTOSCALE_MAX); a string, so only
+        # workers import it.
+        "worker_autoscaler": "bolt_workers.autoscale:PressureAutoscaler",
         "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
         "task_default_queue": QUEUE_OF_KIND[Kind.COORDINATION],
         "task_create_missing_queues": False,
@@ -59,12 +70,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "broker_pool_limit": 16,
+        **delivery.celery_options(settings),
     }
 
 
 def make_app(settings: Settings) -> Celery:
     """A Celery app configured from settings, with bolt's task modules included."""
-    celery = Celery("bolt", include=list(TASK_MODULES))
+    # Every task's base refuses schedules past the visibility timeout and checks its result.
+    celery = Celery("bolt", include=list(TASK_MODULES), task_cls="bolt_tasks.guards:BoltTask")
     celery.conf.update(celery_config(settings))
     return celery
 

@@ -40,3 +40,31 @@ class QueueFull(BoltError):
             f"queue {queue!r} is full: {depth} messages at a limit of {limit} "
             f"after waiting {waited_s:.1f} s; add workers or raise its limit"
         )
+
+
+class IndexMissing(BoltError):
+    """Raised when a search finds no Einstein index: none was built, or it cannot be read."""
+
+
+class UnserializableArgument(BoltError):
+    """Raised at submit when a call's arguments cannot travel as JSON; nothing was published."""
+
+
+class CallsFailed(BoltError):
+    """Raised by a submission's get() when calls raised; it carries every result and error."""
+
+    def __init__(self, errors: list, results: list) -> None:
+        self.errors, self.results = errors, results
+        super().__init__(f"{len(errors)} of {len(results)} calls failed; the first: {errors[0]}")
+
+
+class ScheduleTooFar(BoltError):
+    """Raised at publish when a countdown or ETA lies beyond the broker's visibility timeout."""
+
+
+class ResultTooLarge(BoltError):
+    """Raised in a task whose result, JSON-encoded, is over BOLT_RESULT_MAX_BYTES."""
+
+
+class ResultNotJson(BoltError):
+    """Raised in a task whose result has no JSON form (a complex number, an object)."""

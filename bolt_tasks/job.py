@@ -6,12 +6,15 @@ one process, so a distributed run and a single-process run can be compared figur
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -212,3 +215,89 @@ def direct_analysis(root: str, settings: Settings, excludes: Sequence[str] = ())
     report = merge_partials([analysis], [embedding])
     report["elapsed_s"] = time.perf_counter() - started
     return report
+
+
+# A line that starts a top-level definition: a decorator, def, async def or class at column 0.
+_TOP_LEVEL_START = re.compile(r"^(?:@|(?:async[ \t]+)?def[ \t]|class[ \t])", re.MULTILINE)
+
+
+def top_level_starts(text: str) -> list[int]:
+    """Offsets of the lines that may begin a top-level definition, the first line aside.
+
+    A line right under a decorator line is not one (the first decorator starts it). A match
+    inside a multi-line string is possible; a span cut there fails to parse, and the file is
+    then analysed whole (see merge_spans).
+    """
+    starts = []
+    for match in _TOP_LEVEL_START.finditer(text):
+        offset = match.start()
+        if offset == 0:
+            continue
+        previous = text.rfind("\n", 0, offset - 1) + 1
+        if text.startswith("@", previous):
+            continue
+        starts.append(offset)
+    return starts
+
+
+def file_spans(text: str, parts: int) -> list[tuple[int, int]]:
+    """Cut source text at top-level definitions into about `parts` spans of similar size.
+
+    Spans are (start, end) character offsets that cover the text end to end, each ending with
+    a newline but the last; fewer than asked when the text has fewer places to cut.
+    """
+    starts = top_level_starts(text)
+    cuts: list[int] = []
+    for index in range(1, parts):
+        at = bisect.bisect_left(starts, index * len(text) // parts)
+        if at < len(starts) and (not cuts or starts[at] > cuts[-1]):
+            cuts.append(starts[at])
+    edges = [0, *cuts, len(text)]
+    return list(pairwise(edges))
+
+
+def analyze_span(
+    root: str, rel_path: str, digest: str, start: int, end: int, top_n: int = TOP_COMPLEX
+) -> Partial:
+    """Analyse one span of a file as its own module; {"failed": True} if it does not parse or
+    the file changed since it was cut (its sha256 differs)."""
+    with open(safe_join(root, rel_path), "rb") as handle:
+        data = handle.read()
+    if hashlib.sha256(data).hexdigest() != digest:
+        return {"failed": True}
+    try:
+        metrics = analyze_source(decode_source(data)[start:end], rel_path)
+    except (SourceError, SyntaxError, ValueError):
+        return {"failed": True}
+    found = ((fn.complexity, rel_path, fn.name) for fn in metrics.functions)
+    return {
+        "failed": False,
+        "files": 0,
+        "functions": len(metrics.functions),
+        "classes": metrics.classes,
+        "lines": metrics.lines,
+        "code_lines": metrics.code_lines,
+        "imports": sorted(set(metrics.imports)),
+        "parse_errors": [],
+        "top_complex": _ranked(found, top_n),
+    }
+
+
+def merge_spans(partials: Iterable[Partial], top_n: int = TOP_COMPLEX) -> Partial | None:
+    """The partial report of a whole file from its spans' reports; None if a span failed.
+
+    Cut at top-level definitions, every span parses exactly when the whole file does, and the
+    counts of the spans add up to the file's: so the merge equals analysing the file whole.
+    """
+    merged: Partial = {"files": 1, "functions": 0, "classes": 0, "lines": 0, "code_lines": 0}
+    imports: set[str] = set()
+    top: list[tuple[int, str, str]] = []
+    for part in partials:
+        if part.get("failed", True):
+            return None
+        for key in ("functions", "classes", "lines", "code_lines"):
+            merged[key] += part[key]
+        imports.update(part["imports"])
+        top.extend((e["complexity"], e["path"], e["name"]) for e in part["top_complex"])
+    merged.update(imports=sorted(imports), parse_errors=[], top_complex=_ranked(top, top_n))
+    return merged

@@ -51,3 +51,55 @@ KEY_PREFIX = "bolt:"
 def redis_key(*parts: str) -> str:
     """Join parts into one bolt Redis key: redis_key("stats", "io") -> "bolt:stats:io"."""
     return KEY_PREFIX + ":".join(parts)
+
+
+def warmup_key(node: str, pid: int) -> str:
+    """Start-up timings of one worker process (a prefork child, or a solo or threads worker)."""
+    return redis_key("warmup", node, str(pid))
+
+
+def ready_key(node: str) -> str:
+    """When a worker node last became ready to take tasks."""
+    return redis_key("ready", node)
+
+
+def handshake_key(node: str) -> str:
+    """Time from a worker node being ready to its first result arriving at a producer."""
+    return redis_key("handshake", node)
+
+
+def worker_record_key(node: str) -> str:
+    """A live worker's slots, busy slots and stolen queues (expires when it stops publishing)."""
+    return redis_key("worker", node)
+
+
+# Sorted set of worker node names by their last publish, so the controller finds every record.
+WORKERS_INDEX_KEY = redis_key("workers")
+
+
+def service_key(queue: str) -> str:
+    """Per-process moving averages of one queue's task run times."""
+    return redis_key("service", queue)
+
+
+# Counters of work stealing (episodes, activations, stolen tasks) and its recent episodes.
+STEAL_TOTALS_KEY = redis_key("steal", "totals")
+STEAL_EPISODES_KEY = redis_key("steal", "episodes")
+
+# Remote-control commands of bolt's workers: set the queues a worker steals, and report what it
+# consumes (its own queues and the stolen ones).
+STEAL_COMMAND = "bolt_steal"
+CONSUMING_COMMAND = "bolt_consuming"
+
+# Bounded list (newest first) of messages workers could not run, each with the reason.
+DEAD_LETTERS_KEY = redis_key("deadletters")
+
+
+def ledger_key(name: str) -> str:
+    """A job's ledger of how many times each of its calls began and finished."""
+    return redis_key("ledger", name)
+
+
+def buffers_key(node: str, pid: int) -> str:
+    """Buffer-pool statistics of one worker process: hits, misses, high-water mark per type."""
+    return redis_key("buffers", node, str(pid))

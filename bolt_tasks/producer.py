@@ -12,7 +12,9 @@ from celery import states
 from bolt_tasks.app import app
 from bolt_tasks.errors import BrokerUnavailable, JobFailed, NoWorkers
 from bolt_tasks.names import Pool
-from bolt_tasks.settings import mask_url
+from bolt_tasks.outage import Outage
+from bolt_tasks.settings import get_settings, mask_url
+from bolt_tasks.tls import redis_client_options
 
 # A broker that has not answered in 3 s is down or unreachable for the user's purposes.
 CONNECT_TIMEOUT_S = 3.0
@@ -24,7 +26,10 @@ def check_broker(url: str) -> None:
     """Raise BrokerUnavailable, naming the URL with its password masked, unless Redis answers."""
     try:
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=CONNECT_TIMEOUT_S,
+            **redis_client_options(get_settings(), url),
         )
         try:
             client.ping()
@@ -67,8 +72,9 @@ def collect(
     pending = set(task_ids)
     backend = app.backend
     deadline = time.monotonic() + timeout_s
+    outage = Outage()
     while pending:
-        for task_id, meta in _ready(backend, pending):
+        for task_id, meta in _ready(backend, pending, outage):
             pending.discard(task_id)
             if meta["status"] != states.SUCCESS:
                 raise JobFailed(f"task {task_id} failed: {_error_text(meta)}")
@@ -82,10 +88,13 @@ def collect(
         time.sleep(POLL_INTERVAL_S)
 
 
-def _ready(backend: Any, pending: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _ready(backend: Any, pending: set[str], outage: Outage) -> Iterator[tuple[str, dict[str, Any]]]:
     ids = list(pending)
     keys = [backend.get_key_for_task(task_id) for task_id in ids]
-    for task_id, raw in zip(ids, backend.mget(keys), strict=True):
+    raws = outage.call(backend.mget, keys)
+    if raws is None:
+        return
+    for task_id, raw in zip(ids, raws, strict=True):
         if raw is None:
             continue
         meta = backend.decode_result(raw)
@@ -105,4 +114,5 @@ def forget(task_ids: Iterable[str]) -> None:
     backend = app.backend
     keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
     if keys:
-        backend.client.delete(*keys)
+        # Results expire by themselves: one Redis is away for cannot stop the job now.
+        Outage(0.0).call(backend.client.delete, *keys)

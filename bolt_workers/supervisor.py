@@ -15,6 +15,7 @@ from pathlib import Path
 from bolt_tasks.errors import DeploymentError
 from bolt_tasks.names import Pool
 from bolt_tasks.settings import ENV_PREFIX, Settings
+from bolt_workers.flower import with_password
 from bolt_workers.processes import child_preexec, stop_processes
 from bolt_workers.redis_server import RedisServer
 
@@ -37,16 +38,17 @@ class Child:
 
 @dataclass
 class Deployment:
-    """redis-server, a P worker and an E worker, started together and stopped together.
+    """redis-server, a P worker, an E worker and the controller, started and stopped together.
 
     Use it as a context manager: whatever happens inside, every child is stopped on the way out.
     """
 
     settings: Settings
-    roles: tuple[str, ...] = ("worker-p", "worker-e")
+    roles: tuple[str, ...] = ("worker-p", "worker-e", "controller")
     children: list[Child] = field(default_factory=list)
     redis: RedisServer | None = None
     workdir: Path | None = None
+    flower_password_generated: bool = False
 
     def start(self) -> Deployment:
         """Start redis-server, then every role; returns at once, without waiting for workers."""
@@ -55,6 +57,8 @@ class Deployment:
             self.redis = RedisServer(self.workdir / "redis", binary=self.settings.redis_server)
             self.redis.start()
             self.settings = self.settings.replace(broker_url=self.redis.url, result_url=None)
+            if "flower" in self.roles:
+                self.settings, self.flower_password_generated = with_password(self.settings)
             for role in self.roles:
                 self._spawn(role)
         except BaseException:
@@ -63,16 +67,25 @@ class Deployment:
         return self
 
     def _command(self, role: str) -> list[str]:
+        bolt = [sys.executable, "-m", "bolt_tasks.cli"]
+        # With Flower watching, workers send task events from their first task on.
+        events = ["--events"] if "flower" in self.roles else []
         if role == "worker-p":
-            return [sys.executable, "-m", "bolt_tasks.cli", "worker", "--pool", Pool.P.value]
+            return [*bolt, "worker", "--pool", Pool.P.value, *events]
         if role == "worker-e":
-            return [sys.executable, "-m", "bolt_tasks.cli", "worker", "--pool", Pool.E.value]
+            return [*bolt, "worker", "--pool", Pool.E.value, *events]
+        if role == "flower":
+            return [*bolt, "flower"]
+        if role == "controller":
+            return [*bolt, "controller"]
         raise DeploymentError(f"unknown deployment role {role!r}")
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env[ENV_PREFIX + "BROKER_URL"] = self.settings.broker_url or ""
         env.pop(ENV_PREFIX + "RESULT_URL", None)
+        if self.settings.flower_password:
+            env[ENV_PREFIX + "FLOWER_PASSWORD"] = self.settings.flower_password
         return env
 
     def _spawn(self, role: str) -> None:

@@ -28,6 +28,9 @@ MAX_FEATURES = 8
 BLOCK_TEXTS = 2048
 # The vocabulary of a large code base is a few hundred thousand tokens; past this, start over.
 VOCABULARY_MAX = 1_000_000
+# Part of every cached vector's key (einstein/vectors.py): raise it whenever embed_texts gives
+# different vectors, so vectors cached by an older bolt are never mixed with new ones.
+EMBED_VERSION = 1
 
 
 def token_words(token: str) -> list[str]:
@@ -89,9 +92,13 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def embed_texts(texts: list[str], dim: int) -> np.ndarray:
-    """One float32 row of width dim per text, each of unit length (or zero for no tokens)."""
-    out = np.zeros((len(texts), dim), dtype=np.float32)
+def embed_texts(texts: list[str], dim: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One float32 row of width dim per text, each of unit length (or zero for no tokens).
+
+    With out (float32, shape (len(texts), dim): a pooled buffer, say) the rows go there.
+    """
+    if out is None:
+        out = np.zeros((len(texts), dim), dtype=np.float32)
     for first in range(0, len(texts), BLOCK_TEXTS):
         block = texts[first : first + BLOCK_TEXTS]
         out[first : first + len(block)] = _embed_block(block, dim)

@@ -1,5 +1,5 @@
 """bolt's built-in tasks, one module per kind; importing this package registers them all."""
 
-from bolt_tasks.tasks import analysis, computation, coordination, io
+from bolt_tasks.tasks import analysis, batch, computation, coordination, io
 
-__all__ = ["analysis", "computation", "coordination", "io"]
+__all__ = ["analysis", "batch", "computation", "coordination", "io"]

@@ -115,6 +115,20 @@ def both_pools(workers: Workers) -> Workers:
     return workers
 
 
+def restart_redis(server: RedisServer, down_s: float = 0.0) -> None:
+    """Stop the server (SIGTERM: it flushes its append-only file) and start it on the same port."""
+    server.stop()
+    if down_s:
+        time.sleep(down_s)
+    server.start()
+
+
+@pytest.fixture
+def redis_restart(redis_server: RedisServer):
+    """restart(down_s=0.0): stop the test's redis-server and start it again, data kept."""
+    return lambda down_s=0.0: restart_redis(redis_server, down_s)
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url)

@@ -1,0 +1,186 @@
+"""The kombu Redis transport of bolt's workers: screened queues, and acks that outlive a restart.
+
+Three changes to kombu's Redis transport, for worker processes only:
+
+- Every item popped from a queue is screened before kombu decodes it: one that is not a
+  message envelope goes to the dead letters (bolt_workers.deadletter) instead of stopping the
+  worker.
+- An ack Redis refuses because it is restarting is owed, not lost: the worker settles it as soon
+  as Redis answers (before its next ack or sweep), so the message is not delivered again when
+  its visibility timeout passes. So is a message popped from its queue just as Redis went away,
+  before kombu could note it as unacknowledged: it goes back on its queue.
+- When the connection breaks, kombu puts every delivered, unacknowledged message back on its
+  queue; a message this worker is still running (or about to run) is left alone, since its task
+  acks it when done, and putting it back would run it twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Any
+
+from celery.worker import state as worker_state
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from bolt_tasks.outage import REDIS_DOWN
+from bolt_tasks.settings import get_settings
+from bolt_workers import deadletter
+
+log = logging.getLogger("bolt.transport")
+
+# Delivery tags whose ack Redis refused, owed by this process; tags are global in Redis, so any
+# channel of the process can settle them. And messages popped but never noted as unacked,
+# owed back to their queues: (envelope, exchange, routing key).
+_owed_acks: set[str] = set()
+_owed_returns: list[tuple[Any, str, str]] = []
+_owed_lock = threading.Lock()
+
+
+def owed_acks() -> set[str]:
+    """The delivery tags this process still owes Redis an ack for."""
+    with _owed_lock:
+        return set(_owed_acks)
+
+
+def _tags_in_hand() -> set[str]:
+    """Tags of the messages this worker holds as tasks: reserved, or running in the pool."""
+    requests = [*list(worker_state.reserved_requests), *list(worker_state.active_requests)]
+    return {request.message.delivery_tag for request in requests}
+
+
+class WorkerQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, whose acks survive a Redis restart and whose restores spare tasks."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except REDIS_DOWN:
+            delivery = message.delivery_info
+            with _owed_lock:
+                _owed_returns.append((message._raw, delivery["exchange"], delivery["routing_key"]))
+            log.warning(
+                "message %s popped as Redis went away: owed back to its queue", delivery_tag
+            )
+            raise
+
+    def ack(self, delivery_tag: str) -> None:
+        if self._closed():
+            # A task that ran through a reconnection acks on the channel it came from, which
+            # is closed now: the worker's live channel settles it.
+            self._owe_ack(delivery_tag, "its channel closed with the old connection")
+        else:
+            self.settle_owed()
+            try:
+                self._remove_from_indices(delivery_tag).execute()
+            except REDIS_DOWN as exc:
+                self._owe_ack(delivery_tag, str(exc))
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _closed(self) -> bool:
+        transport = self.channel.connection
+        return transport is None or transport.client is None
+
+    def _owe_ack(self, delivery_tag: str, why: str) -> None:
+        with _owed_lock:
+            _owed_acks.add(delivery_tag)
+        log.warning("ack of %s owed until Redis answers again: %s", delivery_tag, why)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            super().reject(delivery_tag, requeue=True)
+        else:
+            self.ack(delivery_tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        # An owed ack must be settled before the sweep, or the sweep would deliver it again.
+        self.settle_owed()
+        return super().restore_visible(*args, **kwargs)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        for tag in _tags_in_hand():
+            self._delivered.pop(tag, None)
+        if not self._delivered:
+            return None
+        if self._closed():
+            # The transport is closed already (kombu closes it first when the connection
+            # breaks): these messages come back when their visibility timeout passes.
+            log.info("%d unacked messages left to their visibility timeout", len(self._delivered))
+            self._delivered.clear()
+            return None
+        return super().restore_unacked(client)
+
+    def settle_owed(self) -> None:
+        """Send what Redis refused while it was away; keep it owed if Redis still refuses."""
+        with _owed_lock:
+            tags, returns = list(_owed_acks), list(_owed_returns)
+        if not (tags or returns) or self._closed():
+            return
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                if tags:
+                    pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
+                for payload, exchange, routing_key in returns:
+                    self.channel._do_restore_message(payload, exchange, routing_key, pipe, True)
+                pipe.execute()
+        except REDIS_DOWN:
+            return
+        with _owed_lock:
+            _owed_acks.difference_update(tags)
+            del _owed_returns[: len(returns)]
+        log.info(
+            "settled %d acks and %d messages owed since Redis went away", len(tags), len(returns)
+        )
+
+
+class _ScreeningMixin:
+    """A redis-py client that hands each popped queue item to a screen before kombu sees it."""
+
+    def __init__(self, *args: Any, screen: Any, **kwargs: Any) -> None:
+        self._screen = screen
+        super().__init__(*args, **kwargs)
+
+    def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
+        reply = super().parse_response(connection, command_name, **options)  # type: ignore[misc]
+        # BRPOP answers [queue, item]; a refused item reads as an empty pop, as on a timeout.
+        if command_name == "BRPOP" and reply and not self._screen(reply[0], reply[1]):
+            return None
+        return reply
+
+
+@functools.cache
+def _screening_class(base: type) -> type:
+    return type(f"Screening{base.__name__}", (_ScreeningMixin, base), {})
+
+
+class WorkerChannel(kombu_redis.Channel):
+    """kombu's Redis channel with screened pops and WorkerQoS."""
+
+    QoS = WorkerQoS
+
+    def _get_client(self) -> Any:
+        factory = super()._get_client()
+        base, keywords = factory, {}
+        if isinstance(factory, functools.partial):
+            base, keywords = factory.func, dict(factory.keywords)
+        return functools.partial(_screening_class(base), screen=self._screen, **keywords)
+
+    def _screen(self, queue: bytes | str, item: bytes | str) -> bool:
+        problem = deadletter.envelope_problem(item)
+        if problem is None:
+            return True
+        name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
+        log.warning("dead letter from queue %s: %s", name, problem)
+        letter = deadletter.letter(problem, name, item, deadletter.worker_id())
+        with self.conn_or_acquire() as client:
+            deadletter.push(client, letter, get_settings().dead_letters_max)
+        return False
+
+
+class WorkerTransport(kombu_redis.Transport):
+    """kombu's Redis transport with WorkerChannel: the broker connection of a worker."""
+
+    Channel = WorkerChannel
