@@ -96,6 +96,7 @@ def bolt_round(env: dict[str, str], logs: Path, queries: list[str], searches: in
 
     from bolt_tasks import handshake
     from bolt_tasks.app import app
+    from bolt_tasks.settings import get_settings
     from bolt_tasks.tasks import computation
 
     client = redis.Redis.from_url(env["BOLT_BROKER_URL"])
@@ -110,9 +111,9 @@ def bolt_round(env: dict[str, str], logs: Path, queries: list[str], searches: in
     )
     try:
         first = probe.get(timeout=TIMEOUT_S)
-        exec_s = time.perf_counter() - started
+        exec_s, arrived_at = time.perf_counter() - started, time.time()
         shake_ms = handshake.note_result(
-            app.backend.client, first["node"], probe.id, time.time(), 600
+            app.backend.client, first["node"], probe.id, arrived_at, get_settings().warmup_ttl_s
         )
         warm = child_warmups(client, first["node"])
         inside, round_trip = search_times(computation, queries, searches)

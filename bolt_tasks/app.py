@@ -60,6 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_s,
         "result_expires": settings.result_expires_s,
         "worker_prefetch_multiplier": 1,
+        # Only the P pool has children to replace; the E pool's threads ignore it.
+        "worker_max_tasks_per_child": settings.p_max_tasks_per_child,
         # Used by a P worker started with --autoscale (BOLT_P_AUTOSCALE_MAX); a string, so only
         # workers import it.
         "worker_autoscaler": "bolt_workers.autoscale:PressureAutoscaler",

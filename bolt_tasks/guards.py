@@ -1,10 +1,11 @@
-"""The base class of bolt's tasks: it refuses what would break delivery, and never reruns a success.
+"""The base class of bolt's tasks: it refuses what would break delivery, and runs a task once.
 
 At publish, a countdown or ETA beyond the broker's visibility timeout is refused: Redis would
 hand the waiting message to a second worker when the timeout passes, and the task would run
-twice. In the worker, a message Redis delivered again is dropped when its task has already
-stored a success, and a result with no JSON form or over BOLT_RESULT_MAX_BYTES fails the task
-at once, before it reaches a chained task or the result store.
+twice. In the worker, a delivery runs its task only if it claims it (bolt_tasks.claims): a
+second copy of a message published twice is dropped, and so is a message Redis delivered again
+after its task stored a success. A result with no JSON form or over BOLT_RESULT_MAX_BYTES fails
+the task at once, before it reaches a chained task or the result store.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from celery import Task, states
 from celery.exceptions import Ignore
 
+from bolt_tasks import claims
 from bolt_tasks.errors import ScheduleTooFar
 from bolt_tasks.serialization import check_result
 from bolt_tasks.settings import get_settings
@@ -52,7 +54,7 @@ def check_schedule(task_name: str, options: dict[str, Any], visibility_timeout_s
 
 
 class BoltTask(Task):
-    """Every bolt task's base: guarded publishing, no rerun of a success, checked results."""
+    """Every bolt task's base: guarded publishing, one run per task, checked results."""
 
     def apply_async(
         self,
@@ -75,19 +77,30 @@ class BoltTask(Task):
         )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._succeeded_before():
-            log.info(
-                "%s[%s] was delivered again after it succeeded: dropped", self.name, self.request.id
-            )
+        refusal = self._refusal()
+        if refusal is not None:
+            log.info("%s[%s] %s: dropped", self.name, self.request.id, refusal)
             raise Ignore()
         result = super().__call__(*args, **kwargs)
         check_result(self.name, result, get_settings().result_max_bytes)
         return result
 
-    def _succeeded_before(self) -> bool:
-        # Only a redelivered message can belong to a task that already ran, so the first
-        # delivery costs no look-up.
+    def _refusal(self) -> str | None:
+        """Why this delivery of the task must not run, or None to run it."""
         request = self.request
-        if request.called_directly or not (request.delivery_info or {}).get("redelivered"):
-            return False
-        return self.backend.get_task_meta(request.id).get("status") == states.SUCCESS
+        if request.called_directly or request.is_eager or not request.id:
+            return None
+        client, attempt = self.backend.client, request.retries or 0
+        ttl_s = float(
+            (self.app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
+        )
+        if (request.delivery_info or {}).get("redelivered"):
+            # Delivered again: its first delivery was lost with its worker, or succeeded and
+            # lost only its ack, which the stored success tells apart.
+            if self.backend.get_task_meta(request.id).get("status") == states.SUCCESS:
+                return "was delivered again after it succeeded"
+            claims.take_over(client, request.id, attempt, ttl_s)
+            return None
+        if claims.claim(client, request.id, attempt, ttl_s):
+            return None
+        return "is a copy of a message another delivery took (published twice)"

@@ -103,3 +103,8 @@ def ledger_key(name: str) -> str:
 def buffers_key(node: str, pid: int) -> str:
     """Buffer-pool statistics of one worker process: hits, misses, high-water mark per type."""
     return redis_key("buffers", node, str(pid))
+
+
+def claim_key(task_id: str, attempt: int = 0) -> str:
+    """Which delivery of a task's message runs it: set by the first, so copies are dropped."""
+    return redis_key("claim", task_id, str(attempt))

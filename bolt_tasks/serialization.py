@@ -52,9 +52,8 @@ def check_result(task_name: str, value: Any, limit_bytes: int) -> None:
         raise ResultNotJson(f"{task_name}: {exc}") from None
     if size > limit_bytes:
         raise ResultTooLarge(
-            f"{task_name} returned {size / 2**20:.1f} MiB of JSON, over the limit of "
-            f"{limit_bytes / 2**20:.1f} MiB (BOLT_RESULT_MAX_BYTES): write large data to a file "
-            "and return its path"
+            f"{task_name} returned {size:,} bytes of JSON, over the limit of {limit_bytes:,} "
+            "(BOLT_RESULT_MAX_BYTES): write large data to a file and return its path"
         )
 
 

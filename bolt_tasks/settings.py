@@ -330,6 +330,13 @@ class Settings:
     result_max_bytes: int = _setting(
         16 * 1024 * 1024, _positive_int, "Largest result a task may return, JSON-encoded."
     )
+    # Unset: a child lives as long as its worker. Set, a child that leaks memory (a task's
+    # library, say) is replaced after that many tasks; a replacement forks in milliseconds.
+    p_max_tasks_per_child: int | None = _setting(
+        None,
+        _positive_int,
+        "Tasks (messages) a P child runs before it is replaced; unset: no limit.",
+    )
     # A thousand recent messages are plenty to find a bad producer, and at 16 KiB of message
     # kept each, the dead-letter list stays under 17 MiB.
     dead_letters_max: int = _setting(

@@ -70,17 +70,28 @@ def startup(obs: Observations) -> Reading:
 
 
 def handshake(obs: Observations) -> Reading:
-    """The slowest handshake (ready to first result at a producer) of the live workers."""
-    nodes = {
-        node: {"handshake_ms": f.handshake_ms, "in_this_run": f.first_task_id in obs.arrivals}
-        for node, f in _after(obs).nodes.items()
-    }
-    timed = [n["handshake_ms"] for n in nodes.values() if n["handshake_ms"] is not None]
+    """The slowest handshake (ready to first result at a producer) of the workers that became
+    ready while the run's first tasks waited for them.
+
+    A worker ready before the run had nothing to do until the run began: its time from ready
+    to first result holds that idle spell, not the handshake, and is left out.
+    """
+    nodes = {node: _node_handshake(obs, f) for node, f in _after(obs).nodes.items()}
+    timed = [n["handshake_ms"] for n in nodes.values() if n["counted"]]
     if not timed:
         return Reading.absent(
-            "no producer has seen a live worker's first result since it started", nodes=nodes
+            "no worker became ready while the run's first tasks waited for it (a worker ready "
+            "before the run idles until it, and its first result says nothing of a handshake)",
+            nodes=nodes,
         )
     return Reading.of(max(timed), nodes=nodes)
+
+
+def _node_handshake(obs: Observations, figures: NodeFigures) -> dict[str, Any]:
+    waited = figures.ready_at is not None and figures.ready_at >= obs.probed_at
+    first_here = figures.first_task_id in obs.arrivals
+    counted = waited and first_here and figures.handshake_ms is not None
+    return {"handshake_ms": figures.handshake_ms, "ready_during_run": waited, "counted": counted}
 
 
 def activation(obs: Observations, settings: Settings) -> Reading:

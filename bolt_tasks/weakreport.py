@@ -77,6 +77,14 @@ def print_ranking(report: dict[str, Any], console: Console) -> None:
         f"{report['elapsed_s']:.2f} s of the standard mix; tasks finished: {streams}",
         highlight=False,
     )
+    for name, stream in report["streams"].items():
+        if stream["failed_calls"]:
+            console.print(
+                f"{name}: {stream['failed_calls']} calls failed; the first: {stream['errors'][0]}",
+                style="red",
+                markup=False,
+                highlight=False,
+            )
 
 
 # -- the HTML page ------------------------------------------------------------------------------

@@ -125,6 +125,7 @@ class Observations:
     depths: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     completions: list[tuple[float, int]] = field(default_factory=list)
     arrivals: dict[str, float] = field(default_factory=dict)
+    probed_at: float = 0.0
     tallies: dict[str, Tally] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
     before: Snapshot | None = None
@@ -171,6 +172,7 @@ class MixRun:
 
     def run(self) -> Observations:
         """Wait for both pools, run the mix, and read the workers' figures after it."""
+        probed_at = time.time()
         arrivals = self._probe()
         self._wait_ready()
         # A fresh look for the workers' per-process records, so "before" holds every one.
@@ -178,6 +180,7 @@ class MixRun:
         before = self.reader.read()
         p_slots, e_slots = slots(before, Pool.P), slots(before, Pool.E)
         obs = Observations(time.monotonic(), time.time(), before=before, arrivals=arrivals)
+        obs.probed_at = probed_at
         obs.tallies = {name: Tally() for name in STREAMS}
         self.obs, self.until = obs, obs.started + self.duration_s
         sampler = self._sampler(before, obs)
@@ -344,9 +347,9 @@ class MixRun:
     def _finish(self, name: str, submission: Submission) -> list[Any]:
         results = submission.get(timeout=ROUND_TIMEOUT_S, propagate=False)
         done, done_at = time.monotonic(), time.time()
-        ok = sum(1 for piece in submission.pieces if _succeeded(piece, results))
-        errors = [str(r) for r in results if isinstance(r, CallError)]
-        errors += _unread_files(name, results)
+        errors = [call_failure(name, result) for result in results]
+        ok = sum(1 for piece in submission.pieces if _succeeded(piece, errors))
+        errors = [error for error in errors if error is not None]
         with self.lock:
             tally = self.obs.tallies[name]
             tally.tasks += ok
@@ -401,19 +404,18 @@ class MixRun:
         return self.reader.read() if noted else snapshot
 
 
-def _succeeded(piece: Any, results: list[Any]) -> bool:
-    calls = results[piece.first : piece.first + piece.count]
-    return not any(isinstance(result, CallError) for result in calls)
+def _succeeded(piece: Any, errors: list[str | None]) -> bool:
+    return not any(errors[piece.first : piece.first + piece.count])
 
 
-def _unread_files(name: str, results: list[Any]) -> list[str]:
-    """plan_chunks skips files it cannot read; the mix asked only for files that exist here."""
-    if name != "io":
-        return []
-    short = [r for r in results if isinstance(r, list) and len(r) < IO_FILES_PER_CALL]
-    if not short:
-        return []
-    return [f"the workers could not read bolt's own files under {SOURCE_ROOT}"]
+def call_failure(stream: str, result: Any) -> str | None:
+    """Why a call of the mix failed, or None: it raised, or (plan_chunks, which skips files it
+    cannot read) it planned fewer of bolt's own files than it was given."""
+    if isinstance(result, CallError):
+        return str(result)
+    if stream == "io" and isinstance(result, list) and len(result) < IO_FILES_PER_CALL:
+        return f"the workers could not read bolt's own files under {SOURCE_ROOT}"
+    return None
 
 
 def run_mix(

@@ -286,10 +286,11 @@ def measured_mean(client: redis.Redis) -> float:
 
 def test_one_long_task_does_not_hold_short_ones_behind_it(tmp_path, workers, producer, sized):
     short = sized("short.py", 0.1)
-    workers.start("p", "p", "--concurrency", "2")
+    # Nothing is cut into subtasks here: the test is about whole tasks and two children.
+    workers.start("p", "p", "--concurrency", "2", BOLT_MIN_STEAL_TASK_S="600")
     workers.wait_ready("p")
     root = str(tmp_path / "load")
-    # A batch of one file repeated, so it is not cut into spans: about 10 s of work.
+    # A batch of one file repeated a hundred times: about 10 s of work in one task.
     long_task = producer.signature(ANALYZE, args=(root, [short] * 100)).apply_async()
     wait_for(lambda: "bolt.analysis.analyze_files" in workers.log("p"), 10, "long task taken")
     sent = time.monotonic()
@@ -297,7 +298,10 @@ def test_one_long_task_does_not_hold_short_ones_behind_it(tmp_path, workers, pro
     wait_results(results, timeout_s=8)
     took_s = time.monotonic() - sent
     assert not long_task.ready()
-    assert took_s <= 2.0
+    # All six ran one after another in the other child: their own run times (0.6 s on a quiet
+    # machine, more on a busy one) and a little messaging, never the long task's 10 s.
+    own_s = sum(float(t) for t in re.findall(r"\] succeeded in ([\d.]+)s", workers.log("p")))
+    assert took_s <= own_s + 1.4
     os.killpg(workers.processes["p"].pid, signal.SIGKILL)  # no warm shutdown of the long task
 
 

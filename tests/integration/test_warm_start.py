@@ -81,6 +81,11 @@ def test_prefork_children_and_a_threads_worker_warm_up_and_searches_answer(
     workers.wait_ready("p", "e")
     env = workers.env()
 
+    # Before any build the workers have no index: one line, status 2.
+    early = bolt("search", "polygon area", "--broker", workers.broker_url, env=env)
+    assert early.returncode == 2, early.stderr
+    assert early.stderr.strip().count("\n") == 0 and "bolt index build" in early.stderr
+
     built = bolt("index", "build", str(tree), "--broker", workers.broker_url, env=env)
     assert built.returncode == 0, built.stderr
     assert f"of {len(FILES)} files" in built.stdout and "index written" in built.stdout

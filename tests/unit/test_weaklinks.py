@@ -16,11 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from bolt_tasks.backpressure import QueueLayout
+from bolt_tasks.batching import CallError
 from bolt_tasks.cli import EXIT_USAGE, main
 from bolt_tasks.names import STEAL_TOTALS_KEY, buffers_key, warmup_key
 from bolt_tasks.settings import Settings
 from bolt_tasks.weaklinks import DEFINITIONS, HIGHER, LOWER, Reading, impact, ranking, score
 from bolt_tasks.weakreport import render_html
+from bolt_tasks.weakrun import IO_FILES_PER_CALL, call_failure
 from bolt_workers.exporter import BoltCollector
 from bolt_workers.figures import FigureReader, buffers_from, warmup_from
 
@@ -188,3 +190,10 @@ def test_every_bolt_metric_the_grafana_dashboard_draws_is_one_the_exporter_serve
     drawn = {re.sub("_total$", "", name) for e in exprs for name in re.findall(r"bolt_\w+", e)}
     assert drawn and drawn <= served, drawn - served
     assert all(p["datasource"]["uid"] == "prometheus" for p in dashboard["panels"])
+
+
+def test_a_mix_call_fails_when_it_raised_or_its_workers_could_not_read_the_files():
+    assert call_failure("io", [["cli.py", "ab", [[1, 40]]]]) is not None
+    assert call_failure("io", [["f.py", "ab", []]] * IO_FILES_PER_CALL) is None
+    assert call_failure("cpu", {"checksum": 1}) is None
+    assert "ZeroDivisionError" in call_failure("cpu", CallError(3, "ZeroDivisionError", "x"))
