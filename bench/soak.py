@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=int, help="calls of the baseline (count / 10)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    baseline_count = args.baseline or max(WAVE_CALLS, args.count // 10)
+    baseline_count = args.baseline or max(10_000, args.count // 10)
 
     with tempfile.TemporaryDirectory(prefix="bolt-soak-") as tmp:
         folder = Path(tmp)

@@ -14,8 +14,9 @@ pool's own queues stay empty. Each set-up gets its own redis-server and workers:
 Each makespan runs from the first message sent to the last result seen (10 ms polls). The
 ideal is the least CPU time the pool processes used for the work in any of the three runs
 (psutil, the P worker with its children and the E worker) divided by the usable cores; the
-steal run's own CPU time over the cores is printed beside it. The activation rate is that of
-bolt_workers.steal_stats after the steal run.
+steal run's own CPU time over the cores is printed beside it, and so is the share of each run's
+makespan each pool spent running tasks (the run times Celery logs). The activation rate is
+that of bolt_workers.steal_stats after the steal run.
 
     python bench/stealing.py [--work-s 12] [--seed 7] [--json FILE]
 """
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -228,6 +230,11 @@ def collect(app: Any, ids: list[str]) -> float:
     return time.monotonic()
 
 
+def busy_s(log: Path) -> float:
+    """Seconds the worker spent running tasks, from the run times Celery logs for each one."""
+    return sum(float(s) for s in re.findall(r"\] succeeded in ([\d.]+)s", log.read_text()))
+
+
 def run(setup: str, jobs: list[Job], p_cores, e_cores, logs: Path) -> dict[str, Any]:
     """One set-up's makespan, the pools' CPU seconds and (for bolt_steal) its statistics."""
     tmp = logs / setup
@@ -247,9 +254,11 @@ def run(setup: str, jobs: list[Job], p_cores, e_cores, logs: Path) -> dict[str, 
         started = time.monotonic()
         ids = [app.send_task(job.name, args=job.args).id for job in jobs]
         finished = collect(app, ids)
+        makespan_s = finished - started
         figures = {
-            "makespan_s": finished - started,
+            "makespan_s": makespan_s,
             "cpu_s": pool_cpu_s(roles[:2]) - cpu_before,
+            "busy_share": {pool: busy_s(tmp / f"{pool}.log") / makespan_s for pool in "pe"},
         }
         if setup == "bolt_steal":
             figures["steal"] = steal_statistics(redis.Redis.from_url(server.url))
@@ -305,6 +314,10 @@ def results(runs: dict[str, dict], cores: int, count: int, args: argparse.Namesp
         "mean_activation_s": steal.mean_activation_s,
         "stolen_tasks": steal.stolen_tasks,
         "cpu_s": {name: round(r["cpu_s"], 2) for name, r in runs.items()},
+        "busy_share": {
+            name: {pool: round(share, 3) for pool, share in r["busy_share"].items()}
+            for name, r in runs.items()
+        },
         "tasks": count,
         "work_s": args.work_s,
         "seed": args.seed,
@@ -332,6 +345,9 @@ def report(out: dict[str, Any]) -> None:
         f"{out['fast_activations']} of {out['episodes']} episodes within 200 ms)"
     )
     print(f"stolen tasks                 {out['stolen_tasks']}")
+    for name, shares in out["busy_share"].items():
+        busy = ", ".join(f"{pool.upper()} {share:.0%}" for pool, share in shares.items())
+        print(f"{name:15} busy running tasks: {busy} of its makespan")
 
 
 if __name__ == "__main__":

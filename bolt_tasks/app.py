@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ from celery import Celery
 from kombu import Queue
 
 from bolt_tasks import delivery
+from bolt_tasks.errors import ConfigError
 from bolt_tasks.names import QUEUE_OF_KIND, QUEUES, Kind
 from bolt_tasks.settings import Settings, get_settings
 
@@ -31,8 +33,19 @@ def routing_table() -> dict[str, dict[str, str]]:
 
 
 def route_by_kind(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any):
-    """Celery router: an exact lookup of the task's declared kind, never a pattern."""
+    """Celery router: an exact lookup of the task's declared kind, never a pattern.
+
+    A process that sends a bolt task by name without having imported the task modules gets
+    them imported on the first miss, so the task still reaches its kind's queue; a bolt task
+    name that no module declares is refused rather than sent to a queue nobody serves it on.
+    """
     kind = KIND_OF_TASK.get(name)
+    if kind is None and name.startswith("bolt."):
+        for module in TASK_MODULES:
+            importlib.import_module(module)
+        kind = KIND_OF_TASK.get(name)
+        if kind is None:
+            raise ConfigError(f"no bolt task is named {name!r}")
     return None if kind is None else {"queue": QUEUE_OF_KIND[kind]}
 
 

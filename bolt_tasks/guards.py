@@ -53,6 +53,18 @@ def check_schedule(task_name: str, options: dict[str, Any], visibility_timeout_s
     )
 
 
+# Task.replace hands its task id on to the replacement (a chord that subdivides the task, say),
+# which is a new attempt of the task, not a copy of its message: each level of replacement
+# claims attempts of its own, this far above the retries of the level before.
+REPLACED_ATTEMPTS = 1000
+
+
+def claim_attempt(request: Any) -> int:
+    """The attempt a delivery claims: its retries, offset by how often the task was replaced."""
+    nesting = getattr(request, "replaced_task_nesting", 0) or 0
+    return (request.retries or 0) + REPLACED_ATTEMPTS * nesting
+
+
 class BoltTask(Task):
     """Every bolt task's base: guarded publishing, one run per task, checked results."""
 
@@ -90,7 +102,7 @@ class BoltTask(Task):
         request = self.request
         if request.called_directly or request.is_eager or not request.id:
             return None
-        client, attempt = self.backend.client, request.retries or 0
+        client, attempt = self.backend.client, claim_attempt(request)
         ttl_s = float(
             (self.app.conf.broker_transport_options or {}).get("visibility_timeout", 3600)
         )

@@ -84,7 +84,8 @@ def analyze_batch(root: str, paths: Iterable[str], top_n: int = TOP_COMPLEX) -> 
         partial["files"] += 1
         try:
             metrics = analyze_source(read_source(safe_join(root, rel_path)), rel_path)
-        except (SourceError, SyntaxError, ValueError, OSError) as exc:
+        # SystemError and RecursionError: CPython's parser gives up on some deeply nested code.
+        except (SourceError, SyntaxError, ValueError, OSError, SystemError, RecursionError) as exc:
             partial["parse_errors"].append({"path": rel_path, "error": _describe(exc)})
             continue
         partial["functions"] += len(metrics.functions)

@@ -114,5 +114,5 @@ def forget(task_ids: Iterable[str]) -> None:
     backend = app.backend
     keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
     if keys:
-        # Results expire by themselves: one Redis is away for cannot stop the job now.
+        # Results expire by themselves: a Redis away at this moment must not fail the job.
         Outage(0.0).call(backend.client.delete, *keys)

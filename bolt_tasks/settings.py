@@ -293,6 +293,12 @@ class Settings:
     )
     # I/O waits rather than computes, so more threads than cores keep the disk and Redis busy.
     e_concurrency: int = _setting(4, _positive_int, "Threads of the E pool.")
+    # With prefetch at the pool size, a slot that frees waits a Redis round trip (13 ms under
+    # load, 20% of a 20 ms task) for its next task; one message in hand per worker hides it,
+    # and the depth the controller reads is off by at most that one.
+    worker_reserve: int = _setting(
+        1, _count, "Messages a worker holds beyond its busy slots, ready for the next free one."
+    )
     p_cores: tuple[int, ...] | None = _setting(
         None, parse_cpulist, "CPUs of the P pool (cpulist such as 0-3,8); unset means detected."
     )

@@ -172,6 +172,8 @@ class PressureAutoscaler(Autoscaler):
         self._last_look = 0.0
         self._depth: QueueDepth | None = None
         self._limit: int | None = None
+        # The autoscaler owns the reservation limit of its worker, the reserve included.
+        self.reserve = settings.worker_reserve
 
     def body(self) -> None:
         # Only workers without an event loop run the autoscaler on its own thread.
@@ -278,12 +280,12 @@ class PressureAutoscaler(Autoscaler):
         self._follow_pool_size()
 
     def _follow_pool_size(self) -> None:
-        """Set the worker's reservation limit to the pool size: no task waits inside it."""
+        """Set the worker's reservation limit to the pool size plus the configured reserve."""
         consumer = getattr(self.worker, "consumer", None)
         qos = getattr(consumer, "qos", None)
         if qos is None:
             return
-        limit = max(1, self.processes) * consumer.prefetch_multiplier
+        limit = max(1, self.processes) * consumer.prefetch_multiplier + self.reserve
         if self._limit is None:
             # Celery started the consumer at the maximum pool size.
             self._limit = consumer.initial_prefetch_count

@@ -262,6 +262,7 @@ class Controller:
 
     @property
     def interval_s(self) -> float:
+        """Seconds between two looks."""
         return self.settings.controller_interval_ms / 1000
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:

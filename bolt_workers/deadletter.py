@@ -73,6 +73,11 @@ def envelope_problem(raw: bytes | str) -> str | None:
         envelope = loads(raw)
     except Exception as exc:  # untrusted bytes: any failure to decode them is the reason
         return f"not JSON: {type(exc).__name__}: {exc}"
+    return message_problem(envelope)
+
+
+def message_problem(envelope: Any) -> str | None:
+    """What keeps kombu from making a message of a decoded envelope, or None if nothing does."""
     if not isinstance(envelope, dict):
         return f"not a JSON object but a {type(envelope).__name__}"
     for name in ("headers", "properties"):

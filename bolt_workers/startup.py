@@ -32,6 +32,9 @@ def install(pool: Pool, topology: Topology, settings: Settings | None = None) ->
     warmup.install()
     deadletter.install(app)
     stealer.install(pool, settings or get_settings())
+    if plan.autoscale is None:  # an autoscaled worker's limit, reserve included, is its own
+        reserve = (settings or get_settings()).worker_reserve
+        signals.worker_ready.connect(functools.partial(hold_reserve, reserve), weak=False)
     if not plan.pinned:
         return
     if pool is Pool.P:
@@ -42,6 +45,16 @@ def install(pool: Pool, topology: Topology, settings: Settings | None = None) ->
     else:
         os.sched_setaffinity(0, set(plan.cores))
         log.info("E worker pinned to cores %s", format_cpulist(plan.cores))
+
+
+def hold_reserve(extra: int, sender: object = None, **_: object) -> None:
+    """Raise the worker's reservation limit by extra messages beyond its pool size."""
+    qos = getattr(sender, "qos", None)
+    if qos is None or extra <= 0:
+        return
+    sender.initial_prefetch_count += extra
+    qos.increment_eventually(extra)
+    log.info("worker holds %d message(s) beyond its busy slots", extra)
 
 
 def pin_child(cores: tuple[int, ...], **_: object) -> None:

@@ -177,11 +177,13 @@ class ProcessStats:
             return self.client, self.recorder
 
     def on_prerun(self, task_id: str | None = None, **_: Any) -> None:
+        """task_prerun: note when the task started, by the clock and the thread's CPU clock."""
         if task_id is not None:
             self.here()
             self.started[task_id] = (time.perf_counter(), time.thread_time())
 
     def on_postrun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        """task_postrun: fold the task's run time into its queue's average, writing if due."""
         begun = self.started.pop(task_id, None) if task_id is not None else None
         if begun is None or task is None:
             return
@@ -241,6 +243,7 @@ class WorkerRecord:
         return max(0, self.slots - self.busy)
 
     def encoded(self) -> str:
+        """The record as the JSON the worker writes."""
         return json.dumps(
             {
                 "node": self.node,

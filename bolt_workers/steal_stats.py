@@ -63,6 +63,7 @@ class Episode:
     stolen: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The episode as the JSON kept among the recent ones."""
         return {
             "queue": self.queue,
             "start": round(self.start, 3),

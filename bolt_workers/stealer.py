@@ -51,6 +51,7 @@ class Stealer:
         self.kombu_consumer: Consumer | None = None
         self.timer_entry: Any = None
         self.quiet_until = 0.0
+        self.stopped = False
 
     def start(self) -> None:
         """Publish the record every interval from the worker's event loop.
@@ -73,16 +74,12 @@ class Stealer:
         if self.stolen:
             log.info("stopped stealing %s: the consumer stops", ", ".join(sorted(self.stolen)))
         self.stolen.clear()
-
-    def close(self) -> None:
-        """Close the stealing channel; its unacknowledged messages go back to their queues."""
-        if self.channel is not None:
-            with suppress(Exception):
-                self.channel.close()
-        self.channel = self.kombu_consumer = None
+        self.stopped = True
 
     def steal(self, queues: list[str]) -> None:
         """Consume exactly these other pools' queues besides the worker's own."""
+        if self.stopped:
+            return  # an order that came as the consumer stopped; the next one will repeat it
         wanted = {q for q in queues if q in QUEUES and q not in self.own_queues()}
         for queue in sorted(wanted - set(self.stolen)):
             self._add(queue)
@@ -181,27 +178,39 @@ class StealStep(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
 
     def start(self, c: Any) -> None:
+        """A fresh Stealer for each start of the consumer (a new connection steals nothing)."""
         c.bolt_stealer = Stealer(c, self.pool, self.client, self.interval_s)
         c.bolt_stealer.start()
 
     def stop(self, c: Any) -> None:
+        """Stop consuming stolen queues. The channel stays open for the acks of tasks still
+        running, and closes with the worker's connection, as Celery's own task channel does."""
         if c.bolt_stealer is not None:
             c.bolt_stealer.stop()
 
     def shutdown(self, c: Any) -> None:
-        if c.bolt_stealer is not None:
-            c.bolt_stealer.stop()
-            c.bolt_stealer.close()
+        """As stop."""
+        self.stop(c)
 
 
 @control_command(name=STEAL_COMMAND, args=[("queues", list)], signature="<queues>")
 def bolt_steal(state: Any, queues: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """Consume exactly these queues of other pools besides this worker's own."""
-    stealer = getattr(state.consumer, "bolt_stealer", None)
-    if stealer is None:
+    if getattr(state.consumer, "bolt_stealer", None) is None:
         return {"error": "this worker does not steal"}
-    state.consumer.call_soon(stealer.steal, list(queues))
+    # Applied from the event loop, by whichever Stealer the consumer has by then.
+    state.consumer.call_soon(_steal_now, state.consumer, list(queues))
     return {"ok": f"stealing {', '.join(queues) or 'nothing'}"}
+
+
+def _steal_now(consumer: Any, queues: list[str]) -> None:
+    stealer = getattr(consumer, "bolt_stealer", None)
+    if stealer is None:
+        return
+    try:
+        stealer.steal(queues)
+    except Exception:  # an event-loop callback: log it, and let the controller order again
+        log.exception("could not steal %s", ", ".join(queues) or "nothing")
 
 
 @inspect_command(name=CONSUMING_COMMAND)

@@ -2,9 +2,9 @@
 
 Three changes to kombu's Redis transport, for worker processes only:
 
-- Every item popped from a queue is screened before kombu decodes it: one that is not a
-  message envelope goes to the dead letters (bolt_workers.deadletter) instead of stopping the
-  worker.
+- Every item popped from a queue is screened before kombu decodes it, and every broadcast
+  (remote control) before kombu delivers it: one that is not a message envelope goes to the
+  dead letters (bolt_workers.deadletter) instead of stopping the worker.
 - An ack Redis refuses because it is restarting is owed, not lost: the worker settles it as soon
   as Redis answers (before its next ack or sweep), so the message is not delivered again when
   its visibility timeout passes. So is a message popped from its queue just as Redis went away,
@@ -17,6 +17,7 @@ Three changes to kombu's Redis transport, for worker processes only:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from typing import Any
@@ -173,11 +174,26 @@ class WorkerChannel(kombu_redis.Channel):
         if problem is None:
             return True
         name = queue.decode(errors="replace") if isinstance(queue, bytes) else queue
-        log.warning("dead letter from queue %s: %s", name, problem)
-        letter = deadletter.letter(problem, name, item, deadletter.worker_id())
+        self._bury(name, problem, item)
+        return False
+
+    def _deliver_fanout_message(self, message: Any, exchange: str) -> Any:
+        # Broadcasts (remote control) arrive decoded from Redis pub/sub; kombu hands on any
+        # JSON, and a list or a dict without the envelope's fields would stop the worker.
+        problem = deadletter.message_problem(message)
+        if problem is None and exchange in self._fanout_to_queue:
+            return super()._deliver_fanout_message(message, exchange)
+        self._bury(f"broadcast {exchange}", problem or "no queue bound to the exchange", message)
+        # Not delivered; returning (not raising Empty, as kombu does for bad JSON) lets kombu
+        # read on the broadcasts already buffered behind this one.
+        return False
+
+    def _bury(self, queue: str, problem: str, message: Any) -> None:
+        log.warning("dead letter from %s: %s", queue, problem)
+        text = message if isinstance(message, str | bytes) else json.dumps(message, default=repr)
+        letter = deadletter.letter(problem, queue, text, deadletter.worker_id())
         with self.conn_or_acquire() as client:
             deadletter.push(client, letter, get_settings().dead_letters_max)
-        return False
 
 
 class WorkerTransport(kombu_redis.Transport):

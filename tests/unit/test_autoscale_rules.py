@@ -124,7 +124,7 @@ def fake_autoscaler(children, jobs, busy_fds=()):
     qos = QoS(lambda prefetch_count: None, 4)
     consumer = SimpleNamespace(qos=qos, prefetch_multiplier=1, initial_prefetch_count=4)
     worker = SimpleNamespace(consumer=consumer)
-    settings = Settings.from_env({"BOLT_P_AUTOSCALE_MAX": "4"})
+    settings = Settings.from_env({"BOLT_P_AUTOSCALE_MAX": "4", "BOLT_WORKER_RESERVE": "0"})
     return PressureAutoscaler(pool, 4, 1, worker=worker, settings=settings), inner, qos
 
 
@@ -146,5 +146,13 @@ def test_the_reservation_limit_follows_the_pool_size_and_keeps_eta_raises():
     children = [FakeChild(pid) for pid in (1, 2, 3)]
     scaler, inner, qos = fake_autoscaler(children, [])
     qos.increment_eventually(1)  # Celery holding one task for a later ETA
+    assert scaler._shrink(2) == 2 and inner._processes == 1
+    assert qos.value == 1 + 1
+
+
+def test_the_reserve_rides_on_top_of_the_pool_size():
+    children = [FakeChild(pid) for pid in (1, 2, 3)]
+    scaler, inner, qos = fake_autoscaler(children, [])
+    scaler.reserve = 1
     assert scaler._shrink(2) == 2 and inner._processes == 1
     assert qos.value == 1 + 1

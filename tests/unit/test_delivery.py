@@ -11,6 +11,7 @@ from kombu.utils.json import dumps, loads
 
 from bolt_tasks import claims, delivery, ledger, outage
 from bolt_tasks.app import app, celery_config
+from bolt_tasks.cli import main
 from bolt_tasks.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -131,6 +132,9 @@ def test_redelivery_is_swept_a_few_times_per_visibility_timeout_within_bounds():
     assert conf["task_publish_retry_policy"]["max_retries"] >= 20
     assert conf["result_backend_always_retry"] is True
     assert conf["control_queue_expires"] > 0
+    assert conf["worker_max_tasks_per_child"] is None
+    recycled = Settings.from_env({"BOLT_P_MAX_TASKS_PER_CHILD": "100"})
+    assert celery_config(recycled)["worker_max_tasks_per_child"] == 100
 
 
 def test_pickle_is_accepted_nowhere():
@@ -169,3 +173,16 @@ def test_rediss_urls_get_tls_options_checked_against_the_ca_file(tmp_path):
 def test_bad_tls_settings_are_refused_naming_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["probe", "--calls", "0"],
+        ["probe", "--folder", "/no/such/folder"],
+        ["probe", "--rounds", "x"],
+    ],
+)
+def test_bolt_probe_refuses_bad_options_in_one_line_before_starting_anything(argv, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -301,3 +301,12 @@ def test_an_order_the_worker_never_applied_is_sent_again_after_half_a_second():
     assert len(steals(app)) == 1
     controller.tick(NOW + 0.6)  # its record still shows nothing stolen: the order was lost
     assert steals(app) == [(["analysis"], ["e@h"])] * 2
+
+
+def test_the_controller_command_refuses_to_start_without_a_reachable_broker(capsys):
+    from bolt_tasks.cli import main
+
+    assert main(["controller"]) == 2
+    assert "bolt controller needs a broker" in capsys.readouterr().err
+    assert main(["controller", "--broker", "redis://127.0.0.1:1/0"]) == 2
+    assert "does not answer" in capsys.readouterr().err

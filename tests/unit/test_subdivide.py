@@ -74,3 +74,16 @@ def test_a_file_changed_after_its_cut_is_not_analysed_in_spans(tmp_path):
     digest = write(tmp_path, "m.py", module_text(10))
     (tmp_path / "m.py").write_text(module_text(11))
     assert job.analyze_span(str(tmp_path), "m.py", digest, 0, 10)["failed"] is True
+
+
+def test_a_task_replaced_by_its_subtasks_claims_a_new_attempt_not_a_copys():
+    from types import SimpleNamespace
+
+    from bolt_tasks.guards import claim_attempt
+
+    def attempt(retries: int, nesting: int) -> int:
+        return claim_attempt(SimpleNamespace(retries=retries, replaced_task_nesting=nesting))
+
+    attempts = {attempt(r, n) for r in range(3) for n in range(3)}
+    assert len(attempts) == 9  # a retry and a replacement each claim their own
+    assert attempt(0, 0) == 0 and attempt(2, 0) == 2
