@@ -10,7 +10,7 @@ Three changes to kombu's Redis transport, for worker processes only:
   its visibility timeout passes. So is a message popped from its queue just as Redis went away,
   before kombu could note it as unacknowledged: it goes back on its queue.
 - When the connection breaks, kombu puts every delivered, unacknowledged message back on its
-  queue; a message this worker is still running (or about to run) is left alone, since its task
+  queue; a message this worker has handed to its pool is left alone, since its task runs and
   acks it when done, and putting it back would run it twice.
 """
 
@@ -47,9 +47,19 @@ def owed_acks() -> set[str]:
 
 
 def _tags_in_hand() -> set[str]:
-    """Tags of the messages this worker holds as tasks: reserved, or running in the pool."""
+    """Tags of the messages this worker will still run: those it has handed to its pool.
+
+    A reserved task still waiting for a free prefork child (on the consumer's semaphore) is
+    dropped by Celery when the connection breaks, so its message must go back on its queue; one
+    handed to the pool (a child runs it, or a thread pool has it queued) runs regardless.
+    Celery marks the hand-over on the request (its _apply_result, set by execute_using_pool).
+    """
     requests = [*list(worker_state.reserved_requests), *list(worker_state.active_requests)]
-    return {request.message.delivery_tag for request in requests}
+    return {
+        request.message.delivery_tag
+        for request in requests
+        if getattr(request, "_apply_result", None) is not None
+    }
 
 
 class WorkerQoS(kombu_redis.QoS):

@@ -89,7 +89,8 @@ def test_a_killed_worker_s_tasks_come_back_after_the_visibility_timeout_and_run_
     for pid in family:
         os.kill(pid, signal.SIGKILL)
     doomed.wait(timeout=10)
-    assert redis_client.hlen("unacked") == 2  # still held for the dead worker
+    # Still held for the dead worker: the two it ran, and any it had reserved beside them.
+    assert redis_client.hlen("unacked") >= 2
     workers.start("p2", "p", "--concurrency", "2", **env)
 
     # Read without deleting them (as a Submission does): the results stay stored.
