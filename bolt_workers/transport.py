@@ -11,7 +11,8 @@ Three changes to kombu's Redis transport, for worker processes only:
   before kombu could note it as unacknowledged: it goes back on its queue.
 - When the connection breaks, kombu puts every delivered, unacknowledged message back on its
   queue; a message this worker has handed to its pool is left alone, since its task runs and
-  acks it when done, and putting it back would run it twice.
+  acks it when done, and putting it back would run it twice. The others go back at once, or
+  as soon as Redis answers when it is the one away.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import functools
 import json
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -32,34 +35,54 @@ from bolt_workers import deadletter
 
 log = logging.getLogger("bolt.transport")
 
-# Delivery tags whose ack Redis refused, owed by this process; tags are global in Redis, so any
-# channel of the process can settle them. And messages popped but never noted as unacked,
-# owed back to their queues: (envelope, exchange, routing key).
-_owed_acks: set[str] = set()
-_owed_returns: list[tuple[Any, str, str]] = []
-_owed_lock = threading.Lock()
+
+@dataclass
+class Owed:
+    """What this process owes Redis since it went away; tags are global in Redis, so any live
+    channel of the process can settle them."""
+
+    acks: set[str] = field(default_factory=set)
+    # Messages a worker dropped from memory (waiting for a free child when the connection
+    # broke), to be put back on their queues from the unacked hash.
+    restores: set[str] = field(default_factory=set)
+    # Messages popped but never noted as unacked: (envelope, exchange, routing key).
+    returns: list[tuple[Any, str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> tuple[list[str], list[str], list[tuple[Any, str, str]]]:
+        """A copy of everything owed, to settle."""
+        with self.lock:
+            return list(self.acks), list(self.restores), list(self.returns)
+
+    def settled(self, acks: list[str], restores: list[str], returns: int) -> None:
+        """Forget what was settled."""
+        with self.lock:
+            self.acks.difference_update(acks)
+            self.restores.difference_update(restores)
+            del self.returns[:returns]
 
 
-def owed_acks() -> set[str]:
-    """The delivery tags this process still owes Redis an ack for."""
-    with _owed_lock:
-        return set(_owed_acks)
+owed = Owed()
 
 
 def _tags_in_hand() -> set[str]:
-    """Tags of the messages this worker will still run: those it has handed to its pool.
+    """Tags of the messages this worker will still run after its connection breaks.
 
-    A reserved task still waiting for a free prefork child (on the consumer's semaphore) is
-    dropped by Celery when the connection breaks, so its message must go back on its queue; one
-    handed to the pool (a child runs it, or a thread pool has it queued) runs regardless.
-    Celery marks the hand-over on the request (its _apply_result, set by execute_using_pool).
+    Celery drops a reserved task that waits for a free prefork child (on the consumer's
+    semaphore), and the prefork pool discards every job no child has accepted yet, as it would
+    for a broker that redelivers them: those messages must go back on their queues. A job a
+    child accepted runs on, and so does every job queued in a thread pool (which drops none).
     """
     requests = [*list(worker_state.reserved_requests), *list(worker_state.active_requests)]
-    return {
-        request.message.delivery_tag
-        for request in requests
-        if getattr(request, "_apply_result", None) is not None
-    }
+    return {request.message.delivery_tag for request in requests if _runs_on(request)}
+
+
+def _runs_on(request: Any) -> bool:
+    # execute_using_pool keeps a weak reference to the pool's job; billiard's jobs carry the
+    # _accepted flag its flush() checks, a thread pool's have none and are never discarded.
+    handle = getattr(request, "_apply_result", None)
+    job = handle() if handle is not None else None
+    return job is not None and getattr(job, "_accepted", True)
 
 
 class WorkerQoS(kombu_redis.QoS):
@@ -70,8 +93,8 @@ class WorkerQoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
         except REDIS_DOWN:
             delivery = message.delivery_info
-            with _owed_lock:
-                _owed_returns.append((message._raw, delivery["exchange"], delivery["routing_key"]))
+            with owed.lock:
+                owed.returns.append((message._raw, delivery["exchange"], delivery["routing_key"]))
             log.warning(
                 "message %s popped as Redis went away: owed back to its queue", delivery_tag
             )
@@ -95,8 +118,8 @@ class WorkerQoS(kombu_redis.QoS):
         return transport is None or transport.client is None
 
     def _owe_ack(self, delivery_tag: str, why: str) -> None:
-        with _owed_lock:
-            _owed_acks.add(delivery_tag)
+        with owed.lock:
+            owed.acks.add(delivery_tag)
         log.warning("ack of %s owed until Redis answers again: %s", delivery_tag, why)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -110,40 +133,46 @@ class WorkerQoS(kombu_redis.QoS):
         self.settle_owed()
         return super().restore_visible(*args, **kwargs)
 
-    def restore_unacked(self, client: Any = None) -> Any:
-        for tag in _tags_in_hand():
-            self._delivered.pop(tag, None)
-        if not self._delivered:
-            return None
-        if self._closed():
-            # The transport is closed already (kombu closes it first when the connection
-            # breaks): these messages come back when their visibility timeout passes.
-            log.info("%d unacked messages left to their visibility timeout", len(self._delivered))
-            self._delivered.clear()
-            return None
-        return super().restore_unacked(client)
+    def restore_unacked(self, client: Any = None) -> None:
+        in_hand = _tags_in_hand()
+        tags = [tag for tag in self._delivered if tag not in in_hand]
+        self._delivered.clear()
+        for number, tag in enumerate(tags):
+            try:
+                if self._closed():
+                    raise redis.ConnectionError("the transport is closed")
+                self.restore_by_tag(tag, client=client)
+            except REDIS_DOWN:
+                # Redis is away, or kombu closed the transport first as the connection broke:
+                # the rest go back on their queues as soon as Redis answers.
+                with owed.lock:
+                    owed.restores.update(tags[number:])
+                log.warning("%d unacked messages owed back to their queues", len(tags) - number)
+                return
 
     def settle_owed(self) -> None:
         """Send what Redis refused while it was away; keep it owed if Redis still refuses."""
-        with _owed_lock:
-            tags, returns = list(_owed_acks), list(_owed_returns)
-        if not (tags or returns) or self._closed():
+        acks, restores, returns = owed.take()
+        if not (acks or restores or returns) or self._closed():
             return
         try:
             with self.channel.conn_or_acquire() as client:
                 pipe = client.pipeline()
-                if tags:
-                    pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags)
+                if acks:
+                    pipe.zrem(self.unacked_index_key, *acks).hdel(self.unacked_key, *acks)
                 for payload, exchange, routing_key in returns:
                     self.channel._do_restore_message(payload, exchange, routing_key, pipe, True)
                 pipe.execute()
+                for tag in restores:
+                    self.restore_by_tag(tag, client=client, leftmost=True)
         except REDIS_DOWN:
             return
-        with _owed_lock:
-            _owed_acks.difference_update(tags)
-            del _owed_returns[: len(returns)]
+        owed.settled(acks, restores, len(returns))
         log.info(
-            "settled %d acks and %d messages owed since Redis went away", len(tags), len(returns)
+            "settled %d acks, %d restores and %d returns owed since Redis went away",
+            len(acks),
+            len(restores),
+            len(returns),
         )
 
 
