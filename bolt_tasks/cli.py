@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line with exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _stop_on_sigterm() -> None:
@@ -114,7 +116,13 @@ def with_deployment(
 
     with Deployment(settings) as deployment:
         configure(deployment.settings)
-        return work(deployment.settings, deployment.check)
+        try:
+            return work(deployment.settings, deployment.check)
+        except BaseException as exc:
+            # The job's pending results live on in the traceback's frames; let them go while
+            # Redis still answers, or each one retries its unsubscribe for 20 s after it stops.
+            traceback.clear_frames(exc.__traceback__)
+            raise
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -139,7 +147,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return report
 
     report = with_deployment(settings, work)
-    report["elapsed_s"] = round(time.perf_counter() - started, 3)
+    elapsed_s = time.perf_counter() - started
+    # The rates are over the whole command, deployment start-up included, like elapsed_s.
+    report["elapsed_s"] = round(elapsed_s, 3)
+    report["tasks_per_s"] = round(sum(report["tasks"].values()) / elapsed_s, 1)
+    report["files_per_s"] = round(report["files"] / elapsed_s, 1)
     report["embedded"] = settings.broker_url is None
     if target is not None:
         write_json(target, report)
@@ -303,7 +315,7 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
 

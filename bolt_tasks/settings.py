@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ ENV_PREFIX = "BOLT_"
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive, finite number")
     return value
 
 
@@ -294,10 +295,10 @@ class Settings:
     # I/O waits rather than computes, so more threads than cores keep the disk and Redis busy.
     e_concurrency: int = _setting(4, _positive_int, "Threads of the E pool.")
     # With prefetch at the pool size, a slot that frees waits a Redis round trip (13 ms under
-    # load, 20% of a 20 ms task) for its next task; one message in hand per worker hides it,
-    # and the depth the controller reads is off by at most that one.
+    # load, 20% of a 20 ms task) for its next task; one message in hand hides it. Off by
+    # default: a message held when Redis restarts waits out the visibility timeout.
     worker_reserve: int = _setting(
-        1, _count, "Messages a worker holds beyond its busy slots, ready for the next free one."
+        0, _count, "Messages a worker holds beyond its busy slots, ready for the next free one."
     )
     p_cores: tuple[int, ...] | None = _setting(
         None, parse_cpulist, "CPUs of the P pool (cpulist such as 0-3,8); unset means detected."
@@ -533,7 +534,9 @@ def mask_url(url: str | None) -> str:
     if not parts.password:
         return url
     user = parts.username or ""
-    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    # The text after the last ':' of the host part, not parts.port, which raises on a bad port.
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -21,6 +21,10 @@ log = logging.getLogger("bolt.redis")
 
 # redis-server answers PING within a few milliseconds of starting; 10 s means it failed.
 START_TIMEOUT_S = 10.0
+# Writes stay paused while the server stops (a stop takes milliseconds; it ends the pause);
+# 50 ms lets the event loop send every answer it had already made.
+PAUSE_BEFORE_STOP_MS = 10_000
+DRAIN_BEFORE_STOP_S = 0.05
 
 
 def find_redis_server(configured: str | None = None) -> str:
@@ -133,10 +137,26 @@ class RedisServer:
         raise DeploymentError(f"redis-server did not start on port {self.port}: {log_tail}")
 
     def stop(self) -> None:
-        """Stop the server (TERM, then KILL) and wait for it to exit."""
+        """Stop the server (writes paused, TERM, then KILL) and wait for it to exit."""
         if self.process is not None:
+            self._pause_writes()
             stop_process(self.process, grace_s=5.0)
             self.process = None
+
+    def _pause_writes(self) -> None:
+        # A worker takes a message with BRPOP; Redis stopping in the instant between popping it
+        # and sending it drops the answer, and the message with it. With writes paused no pop
+        # happens, and the event loop sends the answers already made before TERM arrives.
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1.0
+        )
+        try:
+            client.execute_command("CLIENT", "PAUSE", PAUSE_BEFORE_STOP_MS, "WRITE")
+            time.sleep(DRAIN_BEFORE_STOP_S)
+        except redis.RedisError:
+            pass  # a server that does not answer is stopped all the same
+        finally:
+            client.close()
 
     def __enter__(self) -> RedisServer:
         return self.start()

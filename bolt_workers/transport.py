@@ -78,11 +78,15 @@ def _tags_in_hand() -> set[str]:
 
 
 def _runs_on(request: Any) -> bool:
-    # execute_using_pool keeps a weak reference to the pool's job; billiard's jobs carry the
-    # _accepted flag its flush() checks, a thread pool's have none and are never discarded.
+    # execute_using_pool keeps a weak reference to the pool's job (none: never handed over).
+    # billiard keeps its jobs in the pool until they finish, with the _accepted flag its flush()
+    # checks; a thread pool's job is referenced by nothing else (the weak reference is dead at
+    # once) and never discarded.
     handle = getattr(request, "_apply_result", None)
-    job = handle() if handle is not None else None
-    return job is not None and getattr(job, "_accepted", True)
+    if handle is None:
+        return False
+    job = handle()
+    return job is None or bool(getattr(job, "_accepted", True))
 
 
 class WorkerQoS(kombu_redis.QoS):
