@@ -117,15 +117,19 @@ class DeadLetterConsumer(Consumer):
     """Celery's consumer, dead-lettering each message it cannot turn into a task, and going on."""
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Dead-letter a message whose body does not decode."""
         self._bury(message, f"body does not decode: {exc}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
+        """Dead-letter a message that names no task."""
         self._bury(message, "not a task message: no task header and no task in the body")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """Dead-letter a refused message: a content type not accepted, bad headers."""
         self._bury(message, f"refused: {exc}")
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """Dead-letter a message of an unregistered task, and fail its task id."""
         name = (message.headers or {}).get("task")
         self._dead_letter(message, f"no task named {name!r} is registered")
         try:
@@ -137,6 +141,7 @@ class DeadLetterConsumer(Consumer):
             self._settle(message)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's message handler, dead-lettering what it raises for a message's own fault."""
         handle = super().create_task_handler(*args, **kwargs)
         # kombu's Redis transport counts KeyError among connection errors (a stale socket can
         # raise one); raised while a message is read, it is the message's missing field.

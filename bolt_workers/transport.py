@@ -93,6 +93,7 @@ class WorkerQoS(kombu_redis.QoS):
     """kombu's Redis QoS, whose acks survive a Redis restart and whose restores spare tasks."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        """Note a delivered message as unacked; if Redis refuses, owe the message back."""
         try:
             super().append(message, delivery_tag)
         except REDIS_DOWN:
@@ -105,6 +106,7 @@ class WorkerQoS(kombu_redis.QoS):
             raise
 
     def ack(self, delivery_tag: str) -> None:
+        """Acknowledge a message, or owe the ack while Redis (or its channel) is away."""
         if self._closed():
             # A task that ran through a reconnection acks on the channel it came from, which
             # is closed now: the worker's live channel settles it.
@@ -127,17 +129,20 @@ class WorkerQoS(kombu_redis.QoS):
         log.warning("ack of %s owed until Redis answers again: %s", delivery_tag, why)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Put a message back (requeue) or drop it, as an ack that Redis may owe."""
         if requeue:
             super().reject(delivery_tag, requeue=True)
         else:
             self.ack(delivery_tag)
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """Settle what is owed, then deliver again what passed its visibility timeout."""
         # An owed ack must be settled before the sweep, or the sweep would deliver it again.
         self.settle_owed()
         return super().restore_visible(*args, **kwargs)
 
     def restore_unacked(self, client: Any = None) -> None:
+        """Put back the messages this worker will not run, sparing those its pool runs."""
         in_hand = _tags_in_hand()
         tags = [tag for tag in self._delivered if tag not in in_hand]
         self._delivered.clear()
@@ -188,6 +193,7 @@ class _ScreeningMixin:
         super().__init__(*args, **kwargs)
 
     def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
+        """redis-py's reply, with a BRPOP item the screen refuses read as no item."""
         reply = super().parse_response(connection, command_name, **options)  # type: ignore[misc]
         # BRPOP answers [queue, item]; a refused item reads as an empty pop, as on a timeout.
         if command_name == "BRPOP" and reply and not self._screen(reply[0], reply[1]):

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def test_the_embedded_redis_has_a_password_listens_on_loopback_and_is_never_show
         text=True,
         env=env,
     )
+    # Both pipes are drained as the command writes, so its DEBUG logging never fills one and
+    # stalls it, and the test can wait for the banner before it interrupts.
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: out_lines.extend(up.stdout), daemon=True),
+        threading.Thread(target=lambda: err_lines.extend(up.stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
     server = _redis_child(up)
     # redis-server renames its process and works in its folder, where its config lies.
     folder = Path(server.cwd())
@@ -122,8 +133,12 @@ def test_the_embedded_redis_has_a_password_listens_on_loopback_and_is_never_show
     worker_logs = [folder.parent / f"worker-{pool}.log" for pool in "pe"]
     _wait_for(lambda: all(log.exists() and "ready." in log.read_text() for log in worker_logs))
     logs = [log.read_text() for log in worker_logs]
+    _wait_for(lambda: any("Press Ctrl-C" in line for line in out_lines))
     up.send_signal(signal.SIGINT)
-    stdout, stderr = up.communicate(timeout=60)
+    up.wait(timeout=60)
+    for reader in readers:
+        reader.join(timeout=10)
+    stdout, stderr = "".join(out_lines), "".join(err_lines)
 
     assert len(password) >= 24
     assert {c.laddr.ip for c in listening} == {"127.0.0.1"}
