@@ -12,7 +12,7 @@ from celery import chain, group
 
 from bolt_tasks import job
 from bolt_tasks.names import QUEUE_OF_KIND, Kind
-from bolt_tasks.producer import collect, forget
+from bolt_tasks.producer import collect, forget, wait_one
 from bolt_tasks.settings import Settings
 from bolt_tasks.tasks import analysis, computation, coordination, io
 
@@ -43,7 +43,7 @@ def run_analysis(
         coordination.plan_job.s(job.batch_bytes_for(settings)),
     ).apply_async()
     tasks.update({QUEUE_OF_KIND[Kind.IO]: 1, QUEUE_OF_KIND[Kind.COORDINATION]: 1})
-    batches = _wait_one(planning.id, timeout_s, on_wait)
+    batches = wait_one(planning.id, timeout_s, on_wait)
 
     analyses, embeddings = _run_batches(root, batches, settings, progress, on_wait)
     per_batch = len(batches)
@@ -57,7 +57,7 @@ def run_analysis(
 
     merging = coordination.merge_report.delay(analyses, embeddings, job.TOP_COMPLEX)
     tasks[QUEUE_OF_KIND[Kind.COORDINATION]] += 1
-    report = _wait_one(merging.id, timeout_s, on_wait)
+    report = wait_one(merging.id, timeout_s, on_wait)
 
     elapsed_s = time.perf_counter() - started
     total = sum(tasks.values())
@@ -74,6 +74,15 @@ def run_analysis(
     return report
 
 
+def embed_chain(root: str, paths: list[str], settings: Settings, for_index: bool = False) -> Any:
+    """One batch's read-and-plan (io) task chained to its embedding (computation) task."""
+    return chain(
+        # The plan travels to the embedding task in its message; no need to store it.
+        io.plan_chunks.s(root, paths, settings.chunk_lines).set(ignore_result=True),
+        computation.embed_chunks.s(root, settings.embed_dim, for_index),
+    )
+
+
 def _run_batches(
     root: str,
     batches: list[list[str]],
@@ -86,13 +95,7 @@ def _run_batches(
     signatures = []
     for paths in batches:
         signatures.append(analysis.analyze_files.s(root, paths, job.TOP_COMPLEX))
-        signatures.append(
-            chain(
-                # The plan travels to the embedding task in its message; no need to store it.
-                io.plan_chunks.s(root, paths, settings.chunk_lines).set(ignore_result=True),
-                computation.embed_chunks.s(root, settings.embed_dim),
-            )
-        )
+        signatures.append(embed_chain(root, paths, settings))
     result = group(signatures).apply_async()
     analysis_ids = {child.id for child in result.results[0::2]}
     analyses: list[job.Partial] = []
@@ -109,10 +112,3 @@ def _run_batches(
     collect([child.id for child in result.results], settings.job_timeout_s, on_result, on_wait)
     forget([child.id for child in result.results])
     return analyses, embeddings
-
-
-def _wait_one(task_id: str, timeout_s: float, on_wait: Callable[[], None] | None) -> Any:
-    values: list[Any] = []
-    collect([task_id], timeout_s, lambda _id, value: values.append(value), on_wait)
-    forget([task_id])
-    return values[0]

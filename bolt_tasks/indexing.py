@@ -11,10 +11,11 @@ from celery import chain, group
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from bolt_tasks import handshake, job
+from bolt_tasks.analyze import embed_chain
 from bolt_tasks.app import app
 from bolt_tasks.einstein.build import index_base
 from bolt_tasks.errors import BoltError, JobFailed
-from bolt_tasks.producer import collect, forget
+from bolt_tasks.producer import collect, forget, wait_one
 from bolt_tasks.settings import Settings
 from bolt_tasks.tasks import computation, coordination, io
 
@@ -43,14 +44,14 @@ def run_index_build(
         io.list_tree.s(root, list(settings.source_suffixes), list(excludes)),
         coordination.plan_job.s(job.batch_bytes_for(settings)),
     ).apply_async()
-    batches = _wait_one(planning.id, settings.job_timeout_s, on_wait)
+    batches = wait_one(planning.id, settings.job_timeout_s, on_wait)
     parts = _embed_batches(root, batches, settings, progress, on_wait)
     base = index_base(
         root, settings.embed_dim, settings.chunk_lines, settings.source_suffixes, excludes
     )
     files = [entry for part in parts for entry in part["files"]]
     writing = io.write_index.delay(files, base)
-    summary = _wait_one(writing.id, settings.job_timeout_s, on_wait)
+    summary = wait_one(writing.id, settings.job_timeout_s, on_wait)
     summary.update(
         root=root,
         batches=len(batches),
@@ -70,13 +71,7 @@ def _embed_batches(
 ) -> list[job.Partial]:
     if not batches:
         return []
-    signatures = [
-        chain(
-            io.plan_chunks.s(root, paths, settings.chunk_lines).set(ignore_result=True),
-            computation.embed_chunks.s(root, settings.embed_dim, True),
-        )
-        for paths in batches
-    ]
+    signatures = [embed_chain(root, paths, settings, for_index=True) for paths in batches]
     result = group(signatures).apply_async()
     ids = [child.id for child in result.results]
     parts: list[job.Partial] = []
@@ -89,13 +84,6 @@ def _embed_batches(
     collect(ids, settings.job_timeout_s, on_result, on_wait)
     forget(ids)
     return parts
-
-
-def _wait_one(task_id: str, timeout_s: float, on_wait: Callable[[], None] | None) -> Any:
-    values: list[Any] = []
-    collect([task_id], timeout_s, lambda _id, value: values.append(value), on_wait)
-    forget([task_id])
-    return values[0]
 
 
 def run_search(

@@ -116,3 +116,11 @@ def forget(task_ids: Iterable[str]) -> None:
     if keys:
         # Results expire by themselves: a Redis away at this moment must not fail the job.
         Outage(0.0).call(backend.client.delete, *keys)
+
+
+def wait_one(task_id: str, timeout_s: float, on_wait: Callable[[], None] | None = None) -> Any:
+    """The value of one task once it finishes, its stored result deleted after reading."""
+    values: list[Any] = []
+    collect([task_id], timeout_s, lambda _id, value: values.append(value), on_wait)
+    forget([task_id])
+    return values[0]
