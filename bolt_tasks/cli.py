@@ -42,12 +42,56 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _stop_on_sigterm() -> None:
-    # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """What a SIGINT or SIGTERM raises in the CLI.
 
-    signal.signal(signal.SIGTERM, handler)
+    A subclass, not KeyboardInterrupt itself: CPython remembers a bare KeyboardInterrupt that
+    leaves an ``exec`` of a string (as a lazy import's dataclass or namedtuple does) and then ends
+    the process by SIGINT at exit, whatever status the command returned.
+    """
+
+
+class _Interrupts:
+    """Turns the first SIGINT or SIGTERM into one Interrupted and ignores the rest.
+
+    An interrupt raised inside a finaliser (a client's ``__del__``) is swallowed by the
+    interpreter, so the signal is also remembered: `check` raises again at the points where the
+    command commits to a result, and a command that ran on after Ctrl-C still ends as interrupted.
+    Later signals are ignored: the first one already unwinds every context manager, and a second
+    must not cut the stopping of the deployment short.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+            raise Interrupted
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted
+
+    def ignore_from_now(self) -> None:
+        # The interpreter puts the default handlers back while it shuts down; a late signal
+        # would then kill the process and hide the exit status.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+_interrupts = _Interrupts()
+
+
+def _write_report(target: Path, data: Any) -> None:
+    # No report is written for a command that was interrupted, even one that ran to its end.
+    _interrupts.check()
+    write_json(target, data)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -154,7 +198,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     report["files_per_s"] = round(report["files"] / elapsed_s, 1)
     report["embedded"] = settings.broker_url is None
     if target is not None:
-        write_json(target, report)
+        _write_report(target, report)
     print_report(report, out_console)
     return 0
 
@@ -340,7 +384,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     summary = with_deployment(settings, work)
     if target is not None:
-        write_json(target, summary)
+        _write_report(target, summary)
     state = "written" if summary["written"] else "already up to date"
     out_console.print(
         f"Einstein index of {summary['root']}: {summary['chunks']:,} chunks of "
@@ -406,7 +450,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         lambda active, health: run_probe(active, args.calls, args.rounds, folder, health),
     )
     if target is not None:
-        write_json(target, figures)
+        _write_report(target, figures)
     out_console.print(
         f"probe: {figures['finished']} of {figures['tasks']} tasks finished; "
         f"{len(figures['lost'])} lost, {len(figures['doubled'])} doubled, "
@@ -444,7 +488,7 @@ def cmd_weak_links(args: argparse.Namespace) -> int:
 
     report = with_deployment(settings, work)
     if json_target is not None:
-        write_json(json_target, report)
+        _write_report(json_target, report)
     if html_target is not None:
         write_html(html_target, render_html(report))
     print_ranking(report, out_console)
@@ -588,12 +632,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(get_settings())
-        _stop_on_sigterm()
-        return args.handler(args)
+        _interrupts.install()
+        status = args.handler(args)
+        _interrupts.check()
+        return status
     except BoltError as exc:
         err_console.print(f"bolt: {exc}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        _interrupts.ignore_from_now()
         err_console.print("bolt: interrupted", highlight=False)
         return EXIT_INTERRUPTED
 
