@@ -22,7 +22,7 @@ from bolt_tasks.errors import CallsFailed, JobFailed, UnserializableArgument, Us
 from bolt_tasks.linger import Linger, OpenBatch
 from bolt_tasks.messages import MessageTemplate, body_json, json_text, new_ids
 from bolt_tasks.names import QUEUE_OF_KIND, Kind
-from bolt_tasks.producer import CONNECT_TIMEOUT_S
+from bolt_tasks.producer import CONNECT_TIMEOUT_S, result_keys
 from bolt_tasks.settings import Settings, get_settings
 from bolt_tasks.tasks.batch import ERRORS, RUNNERS, VALUES
 from bolt_tasks.tls import redis_client_options
@@ -102,7 +102,7 @@ class Submission:
         self._linger = linger
         self._outcomes: dict[int, list[Any]] = {}
         self._read_keys: list[str] = []  # results read, to delete with the next poll
-        self._keys = [backend.get_key_for_task(piece.task_id) for piece in self.pieces]
+        self._keys = result_keys(backend, (piece.task_id for piece in self.pieces))
 
     def __len__(self) -> int:
         return sum(piece.count for piece in self.pieces)

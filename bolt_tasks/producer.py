@@ -88,9 +88,20 @@ def collect(
         time.sleep(POLL_INTERVAL_S)
 
 
+def result_keys(backend: Any, task_ids: Iterable[str]) -> list[bytes]:
+    """The Redis keys of these tasks' results, as the backend names them.
+
+    The backend's own get_key_for_task spends about 1 us a key on byte conversions, a sixth of
+    what building a task's message costs; its prefix plus the id is the same key.
+    """
+    probe = backend.get_key_for_task("0")  # the backend refuses an empty id
+    prefix = probe[:-1]
+    return [prefix + task_id.encode() for task_id in task_ids]
+
+
 def _ready(backend: Any, pending: set[str], outage: Outage) -> Iterator[tuple[str, dict[str, Any]]]:
     ids = list(pending)
-    keys = [backend.get_key_for_task(task_id) for task_id in ids]
+    keys = result_keys(backend, ids)
     raws = outage.call(backend.mget, keys)
     if raws is None:
         return
@@ -112,7 +123,7 @@ def _error_text(meta: dict[str, Any]) -> str:
 def forget(task_ids: Iterable[str]) -> None:
     """Delete the stored results of finished tasks in one round trip."""
     backend = app.backend
-    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    keys = result_keys(backend, task_ids)
     if keys:
         # Results expire by themselves: a Redis away at this moment must not fail the job.
         Outage(0.0).call(backend.client.delete, *keys)

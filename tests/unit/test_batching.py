@@ -297,3 +297,13 @@ def test_queue_limits_default_to_1000_and_are_overridden_per_queue():
 def test_a_bad_queue_setting_is_refused_naming_its_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_result_keys_are_the_keys_the_result_backend_reads():
+    from bolt_tasks.producer import result_keys
+
+    publisher, _ = make_publisher()
+    ids = ["0f8fad5b-d9cb-469f-a165-70867728950e", "task-é"]
+    expected = [publisher.backend.get_key_for_task(task_id) for task_id in ids]
+    assert result_keys(publisher.backend, ids) == expected
+    assert result_keys(app.backend, ids) == [app.backend.get_key_for_task(i) for i in ids]
