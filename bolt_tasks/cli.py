@@ -66,6 +66,7 @@ class _Interrupts:
 
     def install(self) -> None:
         # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
+        self.received = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
 
@@ -154,14 +155,20 @@ def with_deployment(
         configure(settings)
         check_broker(settings.broker_url)
         require_pools(settings.broker_url)
-        return work(settings, None)
+        return work(settings, _interrupts.check)
 
     from bolt_workers.supervisor import Deployment
 
     with Deployment(settings) as deployment:
         configure(deployment.settings)
+
+        def health() -> None:
+            # Called between polls: an interrupt a finaliser swallowed stops the job here.
+            _interrupts.check()
+            deployment.check()
+
         try:
-            return work(deployment.settings, deployment.check)
+            return work(deployment.settings, health)
         except BaseException as exc:
             # The job's pending results live on in the traceback's frames; let them go while
             # Redis still answers, or each one retries its unsubscribe for 20 s after it stops.
@@ -628,7 +635,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `bolt` console script."""
+    """Run one bolt command in this process and return its exit status.
+
+    The SIGINT and SIGTERM handlers the command installs are put back afterwards, so a caller
+    in the same process (a test) keeps its own.
+    """
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def run() -> None:
+    """The `bolt` console script (and `python -m bolt_tasks.cli`): a command, then the exit."""
+    status = _main(None)
+    # Done: a signal while the interpreter shuts down must not turn the status into a death.
+    _interrupts.ignore_from_now()
+    sys.exit(status)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         _setup_logging(get_settings())
@@ -646,4 +674,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

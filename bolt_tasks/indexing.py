@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,12 @@ def run_search(
     result = computation.search_index.delay(query, k)
     try:
         found = _await(result, settings.job_timeout_s, on_wait)
+    except BaseException:
+        # Let the result go while Redis still answers (Ctrl-C stops an embedded Redis next):
+        # a pending result left for its finaliser retries its unsubscribe for 20 s.
+        with contextlib.suppress(Exception):
+            app.backend.remove_pending_result(result)
+        raise
     finally:
         forget([result.id])
     arrived_at = time.time()

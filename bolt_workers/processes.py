@@ -9,16 +9,48 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# The signals that stop bolt's commands; held while a child starts (see spawn).
+_STOPPING = {signal.SIGINT, signal.SIGTERM}
 
 
 def child_preexec() -> None:
-    """Run in a child before exec: its own process group, and SIGTERM if the parent dies."""
+    """Run in a child before exec: its own process group, SIGTERM if the parent dies, and the
+    stopping signals that spawn held in the parent delivered again."""
     os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block; one that came meanwhile is delivered after it.
+
+    For the steps an interrupt must not cut in two: starting a child and recording it, and
+    stopping a deployment, so that Ctrl-C never leaves a child nothing knows of or half of a
+    deployment running.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def spawn(
+    argv: Sequence[str], track: Callable[[subprocess.Popen], None], **options: Any
+) -> subprocess.Popen:
+    """Start a child (child_preexec) and hand it to track before Ctrl-C can interrupt: an
+    interrupt arrives once the child is tracked, and the caller's clean-up stops it."""
+    with signals_held():
+        process = subprocess.Popen(argv, preexec_fn=child_preexec, **options)
+        track(process)
+    return process
 
 
 def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:

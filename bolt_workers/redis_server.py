@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 
 from bolt_tasks.errors import DeploymentError
-from bolt_workers.processes import child_preexec, stop_process
+from bolt_workers.processes import signals_held, spawn, stop_process
 
 log = logging.getLogger("bolt.redis")
 
@@ -99,14 +99,18 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        self.process = subprocess.Popen(
-            [self.binary, str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=child_preexec,
-        )
-        self._wait_ready()
+        try:
+            spawn(
+                [self.binary, str(config)],
+                lambda started: setattr(self, "process", started),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            self._wait_ready()
+        except BaseException:  # Ctrl-C while it starts: no server is left behind
+            self.stop()
+            raise
         log.info(
             "redis-server %s up on 127.0.0.1:%d (pid %d)", self.binary, self.port, self.process.pid
         )
@@ -137,11 +141,13 @@ class RedisServer:
         raise DeploymentError(f"redis-server did not start on port {self.port}: {log_tail}")
 
     def stop(self) -> None:
-        """Stop the server (writes paused, TERM, then KILL) and wait for it to exit."""
+        """Stop the server (writes paused, TERM, then KILL) and wait for it to exit; Ctrl-C
+        meanwhile waits until it has."""
         if self.process is not None:
-            self._pause_writes()
-            stop_process(self.process, grace_s=5.0)
-            self.process = None
+            with signals_held():
+                self._pause_writes()
+                stop_process(self.process, grace_s=5.0)
+                self.process = None
 
     def _pause_writes(self) -> None:
         # A worker takes a message with BRPOP; Redis stopping in the instant between popping it

@@ -16,7 +16,7 @@ from bolt_tasks.errors import DeploymentError
 from bolt_tasks.names import Pool
 from bolt_tasks.settings import ENV_PREFIX, Settings
 from bolt_workers.flower import with_password
-from bolt_workers.processes import child_preexec, stop_processes
+from bolt_workers.processes import signals_held, spawn, stop_processes
 from bolt_workers.redis_server import RedisServer
 
 log = logging.getLogger("bolt.supervisor")
@@ -92,15 +92,14 @@ class Deployment:
         assert self.workdir is not None
         log_path = self.workdir / f"{role}.log"
         with open(log_path, "wb") as out:
-            process = subprocess.Popen(
+            process = spawn(
                 self._command(role),
+                lambda started: self.children.append(Child(role, started, log_path)),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._environment(),
-                preexec_fn=child_preexec,
             )
-        self.children.append(Child(role, process, log_path))
         log.info("started %s (pid %d)", role, process.pid)
 
     @property
@@ -143,14 +142,16 @@ class Deployment:
         raise DeploymentError(f"no worker of pool(s) {', '.join(sorted(missing))} came up")
 
     def stop(self) -> None:
-        """Stop every role, then redis-server, and remove the deployment's files."""
-        stop_processes([child.process for child in self.children], grace_s=STOP_GRACE_S)
-        self.children.clear()
-        if self.redis is not None:
-            self.redis.stop()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        """Stop every role, then redis-server, and remove the deployment's files; Ctrl-C
+        meanwhile waits until all of it is done."""
+        with signals_held():
+            stop_processes([child.process for child in self.children], grace_s=STOP_GRACE_S)
+            self.children.clear()
+            if self.redis is not None:
+                self.redis.stop()
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
 
     def __enter__(self) -> Deployment:
         return self.start()

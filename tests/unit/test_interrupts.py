@@ -60,13 +60,9 @@ def test_an_interrupted_command_writes_no_report_even_when_it_ran_to_its_end(
     monkeypatch.setattr(cli, "_interrupts", watcher)
     monkeypatch.setattr(cli, "build_parser", lambda: _Parser(handler))
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        assert cli.main(["analyze", "."]) == cli.EXIT_INTERRUPTED
-        # After the interrupt both signals are ignored, so a late one cannot kill the process.
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        for signum, saved_handler in saved.items():
-            signal.signal(signum, saved_handler)
+    assert cli.main(["analyze", "."]) == cli.EXIT_INTERRUPTED
+    # In-process, the caller gets its own handlers back.
+    assert {signum: signal.getsignal(signum) for signum in saved} == saved
     assert not target.exists()
     assert capsys.readouterr().err.strip() == "bolt: interrupted"
 
@@ -106,3 +102,18 @@ def test_an_interrupt_inside_exec_still_exits_with_the_status_returned(tmp_path)
         timeout=30,
     )
     assert result.returncode == cli.EXIT_INTERRUPTED, result.stderr
+
+
+def test_the_console_script_ignores_signals_once_its_command_is_done(monkeypatch):
+    # The interpreter puts default handlers back while it exits; a signal then would turn a
+    # finished command's status into a death by signal.
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(cli, "_main", lambda argv: 0)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run()
+        assert exited.value.code == 0
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
