@@ -82,6 +82,11 @@ class Deployment:
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The roles' temporary files (billiard's pymp-* folders) go with the deployment's.
+        assert self.workdir is not None
+        scratch = self.workdir / "tmp"
+        scratch.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(scratch)
         env[ENV_PREFIX + "BROKER_URL"] = self.settings.broker_url or ""
         env.pop(ENV_PREFIX + "RESULT_URL", None)
         if self.settings.flower_password:
