@@ -104,6 +104,8 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def _code_base(path: str) -> str:
+    if not path.strip():
+        raise UsageError("PATH is empty: name the folder to analyse")
     root = Path(path)
     if not root.exists():
         raise UsageError(f"{path}: no such directory")
@@ -118,6 +120,8 @@ def _json_target(path: str | None, option: str = "--json") -> Path | None:
     """Check before any work starts that a report can be written where the user asked."""
     if path is None:
         return None
+    if not path.strip():
+        raise UsageError(f"{option} needs a file name, not an empty one")
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"{option} {path}: is a directory")
@@ -132,6 +136,8 @@ def _json_target(path: str | None, option: str = "--json") -> Path | None:
 def _broker_settings(settings: Settings, broker: str | None) -> Settings:
     if broker is None:
         return settings
+    if not broker.strip():
+        raise UsageError("--broker needs a URL, not an empty one (leave it out to run embedded)")
     return settings.replace(
         broker_url=url_with_password(_checked_url(broker), settings.redis_password)
     )

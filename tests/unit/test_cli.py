@@ -77,3 +77,17 @@ def test_an_unknown_command_or_option_is_status_2(capsys):
     assert main(["frobnicate"]) == EXIT_USAGE
     assert main(["analyze"]) == EXIT_USAGE
     assert main(["worker", "--pool", "x"]) == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["analyze", ""], "PATH is empty"),
+        (["analyze", ".", "--broker", ""], "--broker needs a URL"),
+        (["analyze", ".", "--json", ""], "--json needs a file name"),
+    ],
+)
+def test_an_empty_argument_is_refused_not_taken_for_a_default(args, named, capsys):
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err
