@@ -19,6 +19,7 @@ from rich.console import Console
 from bolt_tasks.errors import BoltError, UsageError
 from bolt_tasks.files import write_json
 from bolt_tasks.settings import Settings, get_settings, mask_url, url_with_password
+from bolt_workers.processes import defer_while_held
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -73,7 +74,9 @@ class _Interrupts:
     def _handle(self, signum: int, frame: object) -> None:
         if self.received is None:
             self.received = signum
-            raise Interrupted
+            # While a child starts or a deployment stops, the interrupt waits for it to finish.
+            if not defer_while_held(self.check):
+                raise Interrupted
 
     def check(self) -> None:
         if self.received is not None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -27,19 +28,46 @@ def child_preexec() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
 
 
+@dataclass
+class _Hold:
+    """How deep the running signals_held blocks are, and what a deferred signal asks to run."""
+
+    depth: int = 0
+    pending: Callable[[], None] | None = None
+
+
+_HOLD = _Hold()
+
+
+def defer_while_held(action: Callable[[], None]) -> bool:
+    """For a signal handler: True when a signals_held block runs, and action (raising the
+    interrupt, say) then runs as the outermost block ends, instead of now."""
+    if _HOLD.depth == 0:
+        return False
+    _HOLD.pending = action
+    return True
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for the block; one that came meanwhile is delivered after it.
+    """Hold SIGINT and SIGTERM for the block; one that came meanwhile acts after it.
 
     For the steps an interrupt must not cut in two: starting a child and recording it, and
     stopping a deployment, so that Ctrl-C never leaves a child nothing knows of or half of a
-    deployment running.
+    deployment running. The thread's signal mask holds the signals themselves; a handler that
+    asks defer_while_held holds its action, which is what counts when another thread of the
+    process (which the mask does not cover) is the one the kernel hands the signal to.
     """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    _HOLD.depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _HOLD.depth -= 1
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if _HOLD.depth == 0 and _HOLD.pending is not None:
+            action, _HOLD.pending = _HOLD.pending, None
+            action()
 
 
 def spawn(
