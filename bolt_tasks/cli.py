@@ -19,7 +19,7 @@ from rich.console import Console
 from bolt_tasks.errors import BoltError, UsageError
 from bolt_tasks.files import write_json
 from bolt_tasks.settings import Settings, get_settings, mask_url, url_with_password
-from bolt_workers.processes import defer_while_held
+from bolt_workers.processes import STOPPING_SIGNALS, defer_while_held
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -68,7 +68,7 @@ class _Interrupts:
     def install(self) -> None:
         # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
         self.received = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOPPING_SIGNALS:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -85,7 +85,7 @@ class _Interrupts:
     def ignore_from_now(self) -> None:
         # The interpreter puts the default handlers back while it shuts down; a late signal
         # would then kill the process and hide the exit status.
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOPPING_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
 
@@ -649,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     The SIGINT and SIGTERM handlers the command installs are put back afterwards, so a caller
     in the same process (a test) keeps its own.
     """
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    saved = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
         return _main(argv)
     finally:

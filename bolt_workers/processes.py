@@ -15,7 +15,7 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 # The signals that stop bolt's commands; held while a child starts (see spawn).
-_STOPPING = {signal.SIGINT, signal.SIGTERM}
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def child_preexec() -> None:
@@ -25,7 +25,7 @@ def child_preexec() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
 
 
 @dataclass
@@ -58,7 +58,7 @@ def signals_held() -> Iterator[None]:
     asks defer_while_held holds its action, which is what counts when another thread of the
     process (which the mask does not cover) is the one the kernel hands the signal to.
     """
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
     _HOLD.depth += 1
     try:
         yield

@@ -137,7 +137,6 @@ class RedisServer:
         finally:
             client.close()
         log_tail = _tail(self.workdir / "redis.log")
-        self.stop()
         raise DeploymentError(f"redis-server did not start on port {self.port}: {log_tail}")
 
     def stop(self) -> None:

@@ -20,6 +20,8 @@ from bolt_workers.processes import signals_held, spawn, stop_processes
 from bolt_workers.redis_server import RedisServer
 
 log = logging.getLogger("bolt.supervisor")
+# The folder of the deployment's own that its roles use as TMPDIR.
+SCRATCH = "tmp"
 
 # The embedded deployment's Redis is private and goes with it, and acks are late, so a worker
 # has nothing to save on the way out: it gets a second to exit on SIGTERM, then SIGKILL. A
@@ -53,6 +55,7 @@ class Deployment:
     def start(self) -> Deployment:
         """Start redis-server, then every role; returns at once, without waiting for workers."""
         self.workdir = Path(tempfile.mkdtemp(prefix="bolt-deploy-"))
+        (self.workdir / SCRATCH).mkdir()
         try:
             self.redis = RedisServer(self.workdir / "redis", binary=self.settings.redis_server)
             self.redis.start()
@@ -84,9 +87,7 @@ class Deployment:
         env = dict(os.environ)
         # The roles' temporary files (billiard's pymp-* folders) go with the deployment's.
         assert self.workdir is not None
-        scratch = self.workdir / "tmp"
-        scratch.mkdir(exist_ok=True)
-        env["TMPDIR"] = str(scratch)
+        env["TMPDIR"] = str(self.workdir / SCRATCH)
         env[ENV_PREFIX + "BROKER_URL"] = self.settings.broker_url or ""
         env.pop(ENV_PREFIX + "RESULT_URL", None)
         if self.settings.flower_password:
